@@ -1,0 +1,11 @@
+"""Registers the pure-PyTorch reference implementations."""
+
+from .. import ops
+from ..reference.hadamard import hadamard_transform
+from ..reference.philox import random_bytes
+from ..reference.quantize import dequantize, quantize
+
+ops.register("quantize", "reference")(quantize)
+ops.register("dequantize", "reference")(dequantize)
+ops.register("random_bytes", "reference")(random_bytes)
+ops.register("hadamard", "reference")(hadamard_transform)

@@ -1,0 +1,29 @@
+"""The `lowprec` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lowprec", description="lowprec: low-precision compute engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="quantize real tensors with every preset and print error statistics")
+    p_demo.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p_back = sub.add_parser("backends", help="list the backends and why any is unavailable")
+    del p_back
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+        run_demo(args.json)
+    elif args.command == "backends":
+        from .ops import BACKENDS, backend_status
+        for b in BACKENDS:
+            ok, why = backend_status(b)
+            print(f"{b:10s} {'available' if ok else 'unavailable'}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

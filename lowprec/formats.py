@@ -1,0 +1,332 @@
+"""Number formats: element formats, scale formats and the block-scaled ``QuantFormat``.
+
+Every format is a frozen dataclass validated on construction.  The value of every code
+is defined here once, as a 2**bits-entry fp32 table built from the format's fields, and
+every backend decodes through the same definition (see ``docs/numerics.md``).
+
+A minifloat with ``e`` exponent bits, ``m`` mantissa bits and bias ``b`` has value
+  exponent field E = 0:  (M / 2**m) * 2**(1 - b)            (subnormal)
+  exponent field E > 0:  (1 + M / 2**m) * 2**(E - b)        (normal)
+with NaN/Inf codes as the format's convention says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, Optional, Union
+
+import torch
+
+__all__ = [
+    "ElementFormat", "ScaleFormat", "QuantFormat",
+    "E2M1", "E2M3", "E3M2", "E4M3", "E5M2",
+    "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
+    "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2",
+    "element_format", "scale_format", "get_format", "PRESETS",
+]
+
+ScaleRule = Literal["floor", "ceil", "even", "rceil", "amax"]
+E8M0_RULES = ("floor", "ceil", "even", "rceil")
+
+
+def _minifloat_value(code: int, ebits: int, mbits: int, bias: int) -> float:
+    """Magnitude of an unsigned minifloat code (no NaN/Inf handling)."""
+    exp_field = code >> mbits
+    man_field = code & ((1 << mbits) - 1)
+    if exp_field == 0:
+        return math.ldexp(man_field / (1 << mbits), 1 - bias)
+    return math.ldexp(1.0 + man_field / (1 << mbits), exp_field - bias)
+
+
+@dataclass(frozen=True)
+class ElementFormat:
+    """A signed minifloat element format (sign bit on top, then exponent, then mantissa).
+
+    ``nan_code``: the positive code that means NaN (the negative one is ``nan_code |
+    sign_bit``), or None.  ``inf_code``: the positive code for +Inf, or None.  ``max``
+    is the largest finite magnitude; conversions always saturate to ±max.
+    """
+
+    name: str
+    ebits: int
+    mbits: int
+    bias: int
+    max: float
+    nan_code: Optional[int] = None
+    inf_code: Optional[int] = None
+
+    def __post_init__(self):
+        if self.ebits < 1 or self.mbits < 0 or self.bits > 8:
+            raise ValueError(f"{self.name}: unsupported layout e{self.ebits}m{self.mbits}")
+        grid_max = max(v for v in self.positive_grid())
+        if grid_max != self.max:
+            raise ValueError(f"{self.name}: max {self.max} does not match the code table ({grid_max})")
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.ebits + self.mbits
+
+    @property
+    def sign_bit(self) -> int:
+        return 1 << (self.ebits + self.mbits)
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number, 1 - bias."""
+        return 1 - self.bias
+
+    @property
+    def emax(self) -> int:
+        """floor(log2(max)): the OCP MX 'emax_elem' used by the e8m0 floor rule."""
+        return math.frexp(self.max)[1] - 1
+
+    @property
+    def min_subnormal(self) -> float:
+        return math.ldexp(1.0, self.emin - self.mbits)
+
+    @property
+    def min_normal(self) -> float:
+        return math.ldexp(1.0, self.emin)
+
+    def code_value(self, code: int) -> float:
+        """Exact value of one code, NaN/Inf included (the definition the tables use)."""
+        mag_code = code & (self.sign_bit - 1)
+        sign = -1.0 if code & self.sign_bit else 1.0
+        if self.nan_code is not None and mag_code == self.nan_code:
+            return math.nan
+        if self.inf_code is not None and mag_code == self.inf_code:
+            return sign * math.inf
+        if self.inf_code is not None and (mag_code >> self.mbits) == (1 << self.ebits) - 1:
+            return math.nan  # IEEE-like: all-ones exponent with nonzero mantissa
+        return sign * _minifloat_value(mag_code, self.ebits, self.mbits, self.bias)
+
+    def positive_grid(self):
+        out = []
+        for c in range(self.sign_bit):
+            v = self.code_value(c)
+            if math.isfinite(v):
+                out.append(v)
+        return out
+
+    def table(self, device=None) -> torch.Tensor:
+        """fp32 tensor of the value of every code, indexed by code."""
+        return _element_table(self).to(device) if device is not None else _element_table(self)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@lru_cache(maxsize=None)
+def _element_table(fmt: ElementFormat) -> torch.Tensor:
+    return torch.tensor([fmt.code_value(c) for c in range(1 << fmt.bits)], dtype=torch.float32)
+
+
+E2M1 = ElementFormat("e2m1", 2, 1, 1, 6.0)
+E2M3 = ElementFormat("e2m3", 2, 3, 1, 7.5)
+E3M2 = ElementFormat("e3m2", 3, 2, 3, 28.0)
+E4M3 = ElementFormat("e4m3", 4, 3, 7, 448.0, nan_code=0x7F)
+E5M2 = ElementFormat("e5m2", 5, 2, 15, 57344.0, nan_code=0x7F, inf_code=0x7C)
+_ELEMENTS = {f.name: f for f in (E2M1, E2M3, E3M2, E4M3, E5M2)}
+
+UE5M3Convention = Literal["nan_ff", "all_finite", "ieee"]
+
+
+@dataclass(frozen=True)
+class ScaleFormat:
+    """An unsigned block-scale format.
+
+    kind ``"e8m0"``: code c means 2**(c - 127), 0xFF is NaN.
+    kind ``"minifloat"``: unsigned minifloat (ebits, mbits, bias); ``nan_codes`` lists the
+    NaN codes, ``max_code`` the largest finite code; codes above ``max_code`` that are not
+    NaN are invalid and decode to NaN too (e.g. UE4M3 codes with bit 7 set).
+    kind ``"fp32"``: the scale is stored as an fp32 number.
+
+    ``convention`` only matters for UE5M3: ``nan_ff`` (default; 0xFF is NaN, max code 0xFE
+    = 114688), ``all_finite`` (every code finite, max 122880), ``ieee`` (exponent 31 is
+    Inf/NaN, max 61440).
+    """
+
+    name: str
+    kind: Literal["e8m0", "minifloat", "fp32"]
+    ebits: int = 0
+    mbits: int = 0
+    bias: int = 0
+    max_code: int = 0
+    nan_codes: tuple = ()
+    convention: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("e8m0", "minifloat", "fp32"):
+            raise ValueError(f"unknown scale kind {self.kind!r}")
+
+    @property
+    def bits(self) -> int:
+        return 32 if self.kind == "fp32" else 8
+
+    @property
+    def has_nan(self) -> bool:
+        return self.kind == "fp32" or bool(self.nan_codes)
+
+    @property
+    def nan_code(self) -> Optional[int]:
+        return self.nan_codes[0] if self.nan_codes else None
+
+    def code_value(self, code: int) -> float:
+        if self.kind == "e8m0":
+            return math.nan if code == 0xFF else math.ldexp(1.0, code - 127)
+        if self.kind == "fp32":
+            raise ValueError("fp32 scales have no codes")
+        if code in self.nan_codes or code > self.max_code:
+            return math.nan
+        return _minifloat_value(code, self.ebits, self.mbits, self.bias)
+
+    @property
+    def max(self) -> float:
+        if self.kind == "fp32":
+            return float(torch.finfo(torch.float32).max)
+        if self.kind == "e8m0":
+            return math.ldexp(1.0, 127)
+        return self.code_value(self.max_code)
+
+    @property
+    def min(self) -> float:
+        """Smallest positive value."""
+        if self.kind == "fp32":
+            return float(torch.finfo(torch.float32).tiny)
+        return self.code_value(1) if self.kind == "minifloat" else math.ldexp(1.0, -127)
+
+    def table(self, device=None) -> torch.Tensor:
+        t = _scale_table(self)
+        return t.to(device) if device is not None else t
+
+    def __repr__(self) -> str:
+        return self.name if not self.convention or self.convention == "nan_ff" else f"{self.name}[{self.convention}]"
+
+
+@lru_cache(maxsize=None)
+def _scale_table(fmt: ScaleFormat) -> torch.Tensor:
+    if fmt.kind == "fp32":
+        raise ValueError("fp32 scales have no code table")
+    return torch.tensor([fmt.code_value(c) for c in range(256)], dtype=torch.float32)
+
+
+def ue5m3(convention: UE5M3Convention = "nan_ff") -> ScaleFormat:
+    """UE5M3 scale format under one of its three conventions (see ScaleFormat)."""
+    if convention == "nan_ff":
+        return ScaleFormat("ue5m3", "minifloat", 5, 3, 15, max_code=0xFE, nan_codes=(0xFF,), convention=convention)
+    if convention == "all_finite":
+        return ScaleFormat("ue5m3", "minifloat", 5, 3, 15, max_code=0xFF, nan_codes=(), convention=convention)
+    if convention == "ieee":
+        return ScaleFormat("ue5m3", "minifloat", 5, 3, 15, max_code=0xF7,
+                           nan_codes=tuple(range(0xF8, 0x100)), convention=convention)
+    raise ValueError(f"unknown UE5M3 convention {convention!r}; expected nan_ff, all_finite or ieee")
+
+
+E8M0 = ScaleFormat("e8m0", "e8m0", max_code=0xFE, nan_codes=(0xFF,))
+UE4M3 = ScaleFormat("ue4m3", "minifloat", 4, 3, 7, max_code=0x7E, nan_codes=(0x7F,))
+UE5M3 = ue5m3("nan_ff")
+FP32_SCALE = ScaleFormat("fp32", "fp32")
+_SCALES = {"e8m0": E8M0, "ue4m3": UE4M3, "ue5m3": UE5M3, "fp32": FP32_SCALE}
+
+
+def element_format(name_or_fmt: Union[str, ElementFormat]) -> ElementFormat:
+    if isinstance(name_or_fmt, ElementFormat):
+        return name_or_fmt
+    try:
+        return _ELEMENTS[str(name_or_fmt).lower()]
+    except KeyError:
+        raise ValueError(f"unknown element format {name_or_fmt!r}; known: {sorted(_ELEMENTS)}") from None
+
+
+def scale_format(name_or_fmt: Union[str, ScaleFormat]) -> ScaleFormat:
+    if isinstance(name_or_fmt, ScaleFormat):
+        return name_or_fmt
+    try:
+        return _SCALES[str(name_or_fmt).lower()]
+    except KeyError:
+        raise ValueError(f"unknown scale format {name_or_fmt!r}; known: {sorted(_SCALES)}") from None
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """Block-scaled format: elements, scales, and how blocks are cut.
+
+    1D blocks: ``block_size`` consecutive elements along ``axis``.
+    2D blocks (``block_2d=True``): ``block_size x block_size`` tiles over the last two
+    dimensions, so a matrix and its transpose share scales.
+    ``scale_rule``: ``floor``/``ceil``/``even``/``rceil`` (e8m0 only) or ``amax``;
+    ``scale_rounding``: how ``amax`` rounds the scale into its format, ``nearest`` (ties to
+    even) or ``up`` (nothing clips).  ``tensor_scale``: NVFP4-style second level fp32 scale.
+    """
+
+    element: ElementFormat = E2M1
+    scale: ScaleFormat = E8M0
+    block_size: int = 32
+    axis: int = -1
+    block_2d: bool = False
+    tensor_scale: bool = False
+    scale_rule: ScaleRule = "floor"
+    scale_rounding: Literal["nearest", "up"] = "nearest"
+    name: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "element", element_format(self.element))
+        object.__setattr__(self, "scale", scale_format(self.scale))
+        if not isinstance(self.block_size, int) or not 8 <= self.block_size <= 128 or self.block_size % 2:
+            raise ValueError(f"block_size must be an even integer in [8, 128], got {self.block_size!r}")
+        if self.scale_rule not in ("floor", "ceil", "even", "rceil", "amax"):
+            raise ValueError(f"unknown scale_rule {self.scale_rule!r}")
+        if self.scale.kind == "e8m0" and self.scale_rule not in E8M0_RULES:
+            raise ValueError(f"e8m0 scales take scale_rule in {E8M0_RULES}, got {self.scale_rule!r}")
+        if self.scale.kind != "e8m0" and self.scale_rule != "amax":
+            raise ValueError(f"{self.scale.name} scales take scale_rule='amax', got {self.scale_rule!r}")
+        if self.scale_rounding not in ("nearest", "up"):
+            raise ValueError(f"scale_rounding must be 'nearest' or 'up', got {self.scale_rounding!r}")
+        if self.block_2d and self.axis not in (-1,):
+            raise ValueError("2D blocks tile the last two dimensions; leave axis=-1")
+
+    def replace(self, **changes) -> "QuantFormat":
+        """A copy with some fields changed (the name is dropped unless given)."""
+        changes.setdefault("name", "")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def block_shape(self) -> tuple:
+        return (self.block_size, self.block_size) if self.block_2d else (self.block_size,)
+
+    @property
+    def bits_per_element(self) -> float:
+        """Storage cost: element bits plus the scale amortised over its block."""
+        n = self.block_size ** (2 if self.block_2d else 1)
+        return self.element.bits + self.scale.bits / n
+
+    def __str__(self) -> str:
+        if self.name:
+            return self.name
+        blocks = f"{self.block_size}x{self.block_size}" if self.block_2d else f"1x{self.block_size}"
+        return (f"{self.element.name}/{self.scale!r}/{blocks}/{self.scale_rule}"
+                + ("+tensor" if self.tensor_scale else ""))
+
+
+MXFP4 = QuantFormat(E2M1, E8M0, 32, scale_rule="floor", name="mxfp4")
+NVFP4 = QuantFormat(E2M1, UE4M3, 16, tensor_scale=True, scale_rule="amax", name="nvfp4")
+UE5M3_FP4 = QuantFormat(E2M1, UE5M3, 16, tensor_scale=True, scale_rule="amax", name="ue5m3")
+MXFP8 = QuantFormat(E4M3, E8M0, 32, scale_rule="floor", name="mxfp8")
+MXFP6_E2M3 = QuantFormat(E2M3, E8M0, 32, scale_rule="floor", name="mxfp6_e2m3")
+MXFP6_E3M2 = QuantFormat(E3M2, E8M0, 32, scale_rule="floor", name="mxfp6_e3m2")
+PRESETS = {f.name: f for f in (MXFP4, NVFP4, UE5M3_FP4, MXFP8, MXFP6_E2M3, MXFP6_E3M2)}
+
+
+def get_format(fmt: Union[str, QuantFormat]) -> QuantFormat:
+    """A QuantFormat, or the preset a string names ("mxfp4", "nvfp4", "ue5m3", ...)."""
+    if isinstance(fmt, QuantFormat):
+        return fmt
+    if isinstance(fmt, str):
+        try:
+            return PRESETS[fmt.lower()]
+        except KeyError:
+            raise ValueError(f"unknown format {fmt!r}; presets: {sorted(PRESETS)}") from None
+    raise TypeError(f"expected a QuantFormat or a preset name, got {type(fmt).__name__}")

@@ -1,0 +1,71 @@
+"""Public functional API: quantize, dequantize, fake_quantize, hadamard, each with an
+explicit ``backend`` ("reference" | "cpp" | "triton" | "cuda" | "auto")."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import ops
+from ._backends import reference as _reference  # noqa: F401  (registers the reference ops)
+from .formats import get_format
+from .tensor import QuantizedTensor
+
+
+def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
+             offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
+             backend: str = "auto") -> QuantizedTensor:
+    """Block-quantize ``x`` into ``fmt`` (a QuantFormat or a preset name).
+
+    rounding: "nearest" (ties to even), "stochastic" (needs ``seed``; bits from Philox at
+    ``offset``), "zero".  Shapes not divisible by the block are zero-padded (cropped again
+    by dequantize) unless ``strict=True``, which raises.  nan_policy "propagate" marks
+    NaN/Inf blocks with the NaN scale code; "raise" refuses them.
+    """
+    fn = ops.resolve("quantize", backend, x.device)
+    return fn(x, get_format(fmt), rounding=rounding, seed=seed, offset=offset, strict=strict,
+              nan_policy=nan_policy)
+
+
+def dequantize(q: QuantizedTensor, dtype: Optional[torch.dtype] = None, backend: str = "auto") -> torch.Tensor:
+    """Values of ``q`` in ``dtype`` (default: the dtype it was quantized from)."""
+    return ops.resolve("dequantize", backend, q.device)(q, dtype=dtype)
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """y = dequantize(quantize(x)); dy/dx = I (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x, kwargs):
+        q = quantize(x, **kwargs)
+        return dequantize(q, backend=kwargs["backend"])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
+                  offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
+                  backend: str = "auto") -> torch.Tensor:
+    """Quantize-dequantize with a straight-through gradient (same arguments as ``quantize``)."""
+    kwargs = dict(fmt=get_format(fmt), rounding=rounding, seed=seed, offset=offset, strict=strict,
+                  nan_policy=nan_policy, backend=backend)
+    return _FakeQuantizeSTE.apply(x, kwargs)
+
+
+def hadamard(x: torch.Tensor, block_size: int = 16, axis: int = -1, seed: Optional[int] = None,
+             signs: Optional[torch.Tensor] = None, inverse: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Block-diagonal Hadamard transform along ``axis`` (randomized by ``seed``); autograd-aware.
+
+    Each chunk v of ``block_size`` elements becomes diag(s) H v (H normalized Sylvester);
+    ``inverse=True`` applies H diag(s), the exact inverse.
+    """
+    return ops.resolve("hadamard", backend, x.device)(x, block_size, axis=axis, seed=seed,
+                                                      signs=signs, inverse=inverse)
+
+
+def random_bytes(seed: int, offset: int, numel: int, device=None, backend: str = "auto") -> torch.Tensor:
+    """The Philox byte stream of NUMERICS.md: byte i of randint4x(seed, offset + i // 16)."""
+    return ops.resolve("random_bytes", backend, device)(seed, offset, numel, device=device)

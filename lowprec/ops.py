@@ -1,0 +1,87 @@
+"""One table {op: {backend: fn}} and the explicit choice of a backend.
+
+Backends: ``reference`` (pure PyTorch, any device), ``cpp`` (lowprec._C CPU kernels),
+``triton`` and ``cuda``.  ``auto`` picks, for the tensor's device, the first backend in
+``AUTO_ORDER`` that is available *and* implements the op.  Naming a backend that is not
+available, or that lacks the op, raises ``BackendUnavailable`` quoting why; nothing falls
+back silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import lru_cache
+from typing import Callable, Dict
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton", "cuda")
+AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+_TABLE: Dict[str, Dict[str, Callable]] = {}
+_LOADERS = {"cpp": "lowprec._backends.cpp", "triton": "lowprec._backends.triton",
+            "cuda": "lowprec._backends.cuda"}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for that cannot run here; the message says why."""
+
+
+def register(op: str, backend: str):
+    """Decorator: ``fn`` implements ``op`` on ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def deco(fn):
+        _TABLE.setdefault(op, {})[backend] = fn
+        return fn
+    return deco
+
+
+@lru_cache(maxsize=None)
+def backend_status(backend: str):
+    """(available, reason) for a backend; importing it registers its ops."""
+    if backend == "reference":
+        return True, "pure PyTorch"
+    if backend not in BACKENDS:
+        return False, f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'"
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed (pip install triton)"
+    if backend == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA device is visible to torch"
+    try:
+        importlib.import_module(_LOADERS[backend])
+    except (ImportError, OSError, RuntimeError) as e:
+        return False, f"{type(e).__name__}: {e}"
+    return True, "loaded"
+
+
+def available_backends():
+    return [b for b in BACKENDS if backend_status(b)[0]]
+
+
+def resolve(op: str, backend: str = "auto", device=None) -> Callable:
+    """The implementation of ``op`` for ``backend`` ('auto': fastest available for ``device``)."""
+    if backend == "auto":
+        dev = torch.device(device).type if device is not None else "cpu"
+        order = AUTO_ORDER.get(dev, ("reference",))
+        for b in order:
+            if backend_status(b)[0] and b in _TABLE.get(op, {}):
+                return _TABLE[op][b]
+        raise BackendUnavailable(f"no backend implements {op!r} on {dev}")
+    ok, why = backend_status(backend)
+    if not ok:
+        raise BackendUnavailable(f"backend {backend!r} is not available: {why}")
+    impls = _TABLE.get(op, {})
+    if backend not in impls:
+        raise BackendUnavailable(f"backend {backend!r} does not implement {op!r} "
+                                 f"(implemented by: {sorted(impls) or 'none'})")
+    return impls[backend]
+
+
+def implementations(op: str) -> Dict[str, Callable]:
+    for b in BACKENDS:
+        backend_status(b)
+    return dict(_TABLE.get(op, {}))

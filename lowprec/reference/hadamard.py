@@ -1,0 +1,105 @@
+"""Block-diagonal, optionally randomized, Hadamard transform (fast Walsh-Hadamard, O(n log n)).
+
+H_n is the Sylvester matrix (H_1 = [1], H_2n = [[H_n, H_n], [H_n, -H_n]]) divided by sqrt(n):
+orthogonal and symmetric.  The transform of size n acts on each contiguous chunk v of n
+elements along ``axis``:
+    forward:  v -> M v,      M = diag(s) H_n
+    inverse:  v -> M^T v = H_n diag(s) v
+with s in {-1, +1}^n (all +1 when no seed is given).  M^T M = I, so transforming both
+operands of a GEMM along its reduction axis K leaves the product unchanged:
+(M a) . (M b) = a . b.  Signs from a seed: s_j = 1 - 2 * (byte_j & 1), byte_j = byte j of
+the Philox stream (seed, offset 0) of NUMERICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .philox import random_bytes
+
+MAX_HADAMARD = 1 << 15
+_COMPUTE = {torch.float32: torch.float32, torch.float16: torch.float32,
+            torch.bfloat16: torch.float32, torch.float64: torch.float64}
+
+
+def check_size(n: int) -> None:
+    if not isinstance(n, int) or n < 1 or n & (n - 1) or n > MAX_HADAMARD:
+        raise ValueError(f"Hadamard size must be a power of two in [1, {MAX_HADAMARD}], got {n!r}")
+
+
+def sylvester(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Dense normalized Sylvester matrix H_n (for tests and small dense uses)."""
+    check_size(n)
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    while h.shape[0] < n:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h / math.sqrt(n)
+
+
+def random_signs(seed: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """s in {-1, +1}^n from the Philox stream of ``seed``."""
+    bits = (random_bytes(seed, 0, n, device=device) & 1).to(dtype)
+    return 1.0 - 2.0 * bits
+
+
+def fwht_last(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalized Walsh-Hadamard transform along the last dim (length a power of two)."""
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    h = 1
+    while h < n:
+        y = x.reshape(*lead, n // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        x = torch.stack((a + b, a - b), dim=-2).reshape(*lead, n)
+        h *= 2
+    return x
+
+
+def _apply(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], inverse: bool) -> torch.Tensor:
+    if x.dtype not in _COMPUTE:
+        raise TypeError(f"hadamard takes float32/float16/bfloat16/float64 input, got {x.dtype}")
+    check_size(n)
+    axis = axis % x.dim()
+    length = x.shape[axis]
+    if length % n:
+        raise ValueError(f"dim {axis} has {length} elements, not a multiple of the Hadamard size {n}")
+    cdt = _COMPUTE[x.dtype]
+    xm = x.movedim(axis, -1).to(cdt)
+    chunks = xm.reshape(*xm.shape[:-1], length // n, n)
+    s = None if signs is None else signs.to(device=x.device, dtype=cdt)
+    if s is not None and inverse:
+        chunks = chunks * s
+    y = fwht_last(chunks) * (1.0 / math.sqrt(n))
+    if s is not None and not inverse:
+        y = y * s
+    return y.reshape(xm.shape).movedim(-1, axis).to(x.dtype)
+
+
+class _Hadamard(torch.autograd.Function):
+    """y = M x per chunk; dL/dx = M^T dL/dy (the inverse transform)."""
+
+    @staticmethod
+    def forward(ctx, x, n, axis, signs, inverse):
+        ctx.args = (n, axis, signs, inverse)
+        return _apply(x, n, axis, signs, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, axis, signs, inverse = ctx.args
+        return _apply(grad, n, axis, signs, not inverse), None, None, None, None
+
+
+def hadamard_transform(x: torch.Tensor, block_size: int, axis: int = -1, seed: Optional[int] = None,
+                       signs: Optional[torch.Tensor] = None, inverse: bool = False) -> torch.Tensor:
+    """Block-diagonal (randomized when ``seed`` or ``signs`` is given) Hadamard transform."""
+    if seed is not None and signs is not None:
+        raise ValueError("give either seed or signs, not both")
+    check_size(block_size)
+    if seed is not None:
+        signs = random_signs(seed, block_size, device=x.device)
+    if signs is not None and signs.shape != (block_size,):
+        raise ValueError(f"signs must have shape ({block_size},), got {tuple(signs.shape)}")
+    return _Hadamard.apply(x, block_size, axis, signs, inverse)

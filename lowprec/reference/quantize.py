@@ -1,0 +1,120 @@
+"""Reference block quantization: the executable spec of NUMERICS.md.
+
+quantize(x):
+  1. x -> fp32, permuted/padded into blocks (``blocking``); amax_b = max |x| per block.
+  2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1.
+  3. scale code = rule(amax_b, S_enc) (``scales``); s_b = decode(code) / S_enc.
+  4. x_scaled = x / s_b (0 where s_b == 0), rounded on the element grid (nearest, stochastic
+     with the Philox bytes of each element's row-major index in the original tensor, or
+     toward zero), saturated at ±elem_max; NaN in the scaled value -> the element's NaN
+     code, or 0 where it has none (the block's NaN scale still marks it).
+dequantize: elem_value(code) * s_b, cropped back to the original shape.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..formats import QuantFormat, get_format
+from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
+from .blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
+from .philox import random_bytes
+from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
+from .scales import compute_scale_codes, decode_scales, tensor_encode_scale
+
+F32 = torch.float32
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+NAN_POLICIES = ("propagate", "raise")
+
+
+def check_input(x: torch.Tensor, rounding: str, seed, nan_policy: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"quantize takes float32, float16 or bfloat16 input, got {x.dtype}")
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDING_MODES}")
+    if rounding == "stochastic" and seed is None:
+        raise ValueError("stochastic rounding needs an explicit seed (and an offset that advances per call)")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"unknown nan_policy {nan_policy!r}; expected one of {NAN_POLICIES}")
+    if nan_policy == "raise":
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(f"input holds {int(bad.sum())} NaN/Inf values (nan_policy='raise'); "
+                             f"first at index {tuple(int(i) for i in bad.nonzero()[0])}")
+
+
+def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional[torch.Tensor] = None):
+    """(scale codes, S_enc, effective fp32 scale per block) for fp32 blocks."""
+    amax = x_blocks.abs().amax(dim=-1)
+    if fmt.tensor_scale:
+        if amax_tensor is None:
+            amax_tensor = amax.amax() if amax.numel() else torch.zeros((), dtype=F32, device=amax.device)
+        s_enc = tensor_encode_scale(amax_tensor, fmt)
+    else:
+        s_enc = torch.ones((), dtype=F32, device=x_blocks.device)
+    codes = compute_scale_codes(amax, fmt, s_enc)
+    s_eff = decode_scales(codes, fmt.scale) / s_enc
+    return codes, s_enc, s_eff
+
+
+def encode_elements(x_scaled: torch.Tensor, fmt: QuantFormat, rounding: str,
+                    rand: Optional[torch.Tensor]) -> torch.Tensor:
+    """Element codes (uint8) of already-scaled fp32 values."""
+    e = fmt.element
+    v = round_to_grid(x_scaled, e.ebits, e.mbits, e.bias, e.max, rounding, rand)
+    code = grid_to_code(v, e.ebits, e.mbits, e.bias)
+    if e.nan_code is not None:
+        code = torch.where(torch.isnan(v), torch.full_like(code, e.nan_code), code)
+    else:
+        code = torch.where(torch.isnan(v), torch.zeros_like(code), code)
+    return code.to(torch.uint8)
+
+
+def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
+             offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
+             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
+    """Block-quantize ``x`` (see module docstring).  ``amax_tensor`` overrides the tensor
+    amax used for S_enc (e.g. a delayed or all-reduced amax)."""
+    fmt = get_format(fmt)
+    check_input(x, rounding, seed, nan_policy)
+    layout = make_layout(x.shape, fmt, strict)
+    xs = to_stored(x.to(F32), layout)
+    xb = to_blocks(xs, layout)
+    scale_codes, s_enc, s_eff = block_scales(xb, fmt, amax_tensor)
+    s = s_eff.unsqueeze(-1)
+    x_scaled = torch.where(s == 0, torch.zeros_like(xb), xb / s)
+    rand = None
+    if rounding == "stochastic":
+        r = random_bytes(seed, offset, x.numel(), device=x.device).reshape(x.shape)
+        rand = to_blocks(to_stored(r, layout), layout)
+    codes = from_blocks(encode_elements(x_scaled, fmt, rounding, rand), layout)
+    if fmt.element.bits == 4:
+        codes = pack_nibbles(codes)
+    return QuantizedTensor(codes.contiguous(), scale_codes.contiguous(),
+                           s_enc if fmt.tensor_scale else None, fmt, x.shape, x.dtype,
+                           layout.axis)
+
+
+def layout_of(q: QuantizedTensor) -> BlockLayout:
+    return make_layout(q.shape, q.fmt)
+
+
+def dequantize(q: QuantizedTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """elem_value(code) * decode(scale) / S_enc, cropped to the original shape."""
+    layout = layout_of(q)
+    codes = unpack_nibbles(q.codes) if q.packed else q.codes
+    values = q.fmt.element.table(codes.device)[codes.to(torch.int64)]
+    s_eff = decode_scales(q.scales, q.fmt.scale)
+    if q.tensor_scale is not None:
+        s_eff = s_eff / q.tensor_scale
+    xb = to_blocks(values, layout) * s_eff.unsqueeze(-1)
+    return from_stored(from_blocks(xb, layout), layout).to(dtype or q.dtype)
+
+
+def quantize_dequantize(x: torch.Tensor, fmt="mxfp4", **kw) -> torch.Tensor:
+    """dequantize(quantize(x)) in x's dtype."""
+    return dequantize(quantize(x, fmt, **kw))

@@ -1,0 +1,89 @@
+"""Block scales: from a block's amax to a scale code, and from codes back to values.
+
+e8m0 rules (elem_max = element max, emax = floor(log2(elem_max))), shared exponent
+clamped to [-127, 127], code = shared_exp + 127:
+  floor:  floor(log2(amax)) - emax                       (OCP MX)
+  ceil:   ceil(log2(amax)) - emax                        (amax rounded up to a power of two)
+  even:   floor(log2(rne_m(amax))) - emax, rne_m = amax rounded to the element's mantissa
+          width (m bits after the point, ties away from zero, like adding half an ulp and
+          truncating): the exponent moves up when the block max would round past the binade
+  rceil:  ceil(log2(amax / elem_max))                    (nothing clips)
+amax rule (ue4m3, ue5m3, fp32): scale_hp = (amax / elem_max) * S_enc in fp32, encoded with
+round-to-nearest-even (or upward) and saturated at the scale format's max.
+A block whose amax is NaN or Inf gets the NaN code (fp32: a NaN scale).
+amax = 0 gives the smallest e8m0 scale (elements are then all zero) or a zero scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import QuantFormat, ScaleFormat
+from .rounding import exp2i, grid_to_code, round_to_grid
+
+F32 = torch.float32
+
+
+def _floor_log2(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2(a)) for finite a > 0, exact (int32); a == 0 gives a very negative number."""
+    _, exp = torch.frexp(a)
+    return torch.where(a > 0, exp - 1, torch.full_like(exp, -1000))
+
+
+def _ceil_log2(a: torch.Tensor) -> torch.Tensor:
+    m, exp = torch.frexp(a)
+    c = torch.where(m == 0.5, exp - 1, exp)
+    return torch.where(a > 0, c, torch.full_like(exp, -1000))
+
+
+def tensor_encode_scale(amax_tensor: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """S_enc = (scale_max * elem_max) / amax_tensor in fp32; 1 when amax is 0 or S_enc is not finite."""
+    amax_tensor = amax_tensor.to(F32)
+    s_enc = torch.tensor(fmt.scale.max * fmt.element.max, dtype=F32, device=amax_tensor.device) / amax_tensor
+    ok = torch.isfinite(s_enc) & (amax_tensor > 0)
+    return torch.where(ok, s_enc, torch.ones_like(s_enc))
+
+
+def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor) -> torch.Tensor:
+    """Scale codes (uint8; fp32 values for fp32 scales) for fp32 block amaxes."""
+    amax = amax.to(F32)
+    bad = ~torch.isfinite(amax)
+    elem = fmt.element
+    scale = fmt.scale
+    if scale.kind == "e8m0":
+        a = torch.where(bad, torch.zeros_like(amax), amax)
+        a = a * s_enc if fmt.tensor_scale else a
+        rule = fmt.scale_rule
+        if rule == "floor":
+            shared = _floor_log2(a) - elem.emax
+        elif rule == "ceil":
+            shared = _ceil_log2(a) - elem.emax
+        elif rule == "even":
+            half_ulp = exp2i(_floor_log2(a) - elem.mbits - 1)
+            shared = _floor_log2(a + torch.where(a > 0, half_ulp, torch.zeros_like(a))) - elem.emax
+        elif rule == "rceil":
+            shared = _ceil_log2(a / elem.max)
+        else:
+            raise ValueError(f"rule {rule!r} is not an e8m0 rule")
+        code = torch.clamp(shared, -127, 127) + 127
+        code = torch.where(bad, torch.full_like(code, 0xFF), code)
+        return code.to(torch.uint8)
+
+    scale_hp = (amax / elem.max) * s_enc
+    if scale.kind == "fp32":
+        return scale_hp
+    v = round_to_grid(torch.where(bad, torch.zeros_like(scale_hp), scale_hp),
+                      scale.ebits, scale.mbits, scale.bias, scale.max, fmt.scale_rounding)
+    code = grid_to_code(v, scale.ebits, scale.mbits, scale.bias, signed=False)
+    if scale.has_nan:
+        code = torch.where(bad, torch.full_like(code, scale.nan_code), code)
+    elif bad.any():
+        raise ValueError(f"a block holds NaN or Inf, and {scale!r} scales have no NaN code to mark it")
+    return code.to(torch.uint8)
+
+
+def decode_scales(codes: torch.Tensor, scale: ScaleFormat) -> torch.Tensor:
+    """fp32 value of every scale code."""
+    if scale.kind == "fp32":
+        return codes.to(F32)
+    return scale.table(codes.device)[codes.to(torch.int64)]

@@ -1,0 +1,1 @@
+"""CPU simulation harness: built-in corpus, small models, sweeps and reports."""

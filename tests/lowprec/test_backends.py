@@ -1,0 +1,79 @@
+"""Layer 2: backends against the reference (rtol=0, atol=0), dispatch errors, CUDA compile."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import lowprec
+from lowprec import ops
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_reference_always_available():
+    assert "reference" in lowprec.available_backends()
+
+
+def test_cpp_extension_is_built():
+    """The README's install builds lowprec._C; a missing build is a failure, not a skip."""
+    ok, why = ops.backend_status("cpp")
+    assert ok, f"lowprec._C did not load: {why}"
+
+
+@pytest.mark.parametrize("seed,offset,numel", [(0, 0, 1), (42, 3, 1000), (-1, (1 << 32) - 2, 4099),
+                                               ((1 << 62) + 5, 1 << 40, 77), (123, 0, 0)])
+def test_cpp_random_bytes_bit_exact(seed, offset, numel):
+    ref = lowprec.random_bytes(seed, offset, numel, backend="reference")
+    got = lowprec.random_bytes(seed, offset, numel, backend="cpp")
+    assert got.dtype == torch.uint8 and torch.equal(got, ref)
+
+
+@pytest.mark.gpu
+def test_cuda_random_bytes_bit_exact():
+    ref = lowprec.random_bytes(7, 1 << 33, 100003, backend="reference")
+    got = lowprec.random_bytes(7, 1 << 33, 100003, device="cuda", backend="cuda")
+    assert torch.equal(got.cpu(), ref)
+
+
+def test_unavailable_backend_says_why():
+    with pytest.raises(lowprec.BackendUnavailable, match="not available: .*"):
+        lowprec.random_bytes(1, 0, 8, backend="triton")
+    if not torch.cuda.is_available():
+        with pytest.raises(lowprec.BackendUnavailable, match="CUDA"):
+            lowprec.quantize(torch.zeros(32), "mxfp4", backend="cuda")
+    with pytest.raises(lowprec.BackendUnavailable, match="does not implement 'quantize'"):
+        lowprec.quantize(torch.zeros(32), "mxfp4", backend="cpp")
+    with pytest.raises(lowprec.BackendUnavailable, match="unknown backend"):
+        lowprec.quantize(torch.zeros(32), "mxfp4", backend="fast")
+
+
+def test_auto_picks_an_implementation_of_the_op():
+    assert ops.resolve("random_bytes", "auto", "cpu") is ops.implementations("random_bytes")["cpp"]
+    assert ops.resolve("quantize", "auto", "cpu") is ops.implementations("quantize")["reference"]
+
+
+def test_importing_lowprec_needs_neither_extension_nor_triton():
+    code = ("import sys; sys.modules['triton'] = None; sys.modules['lowprec._C'] = None; "
+            "import lowprec, torch; lowprec.quantize(torch.randn(4, 32), 'mxfp4'); "
+            "print(lowprec.available_backends())")
+    out = subprocess.run([os.environ.get("PYTHON", "python"), "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['reference']"
+
+
+CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("src", CUDA_SOURCES, ids=lambda p: p.name)
+def test_cuda_sources_compile(src, arch, tmp_path):
+    """Compile-only check of every CUDA source (CI has nvcc but no GPU)."""
+    cmd = ["nvcc", "-c", "-std=c++17", f"-I{ROOT / 'csrc' / 'include'}",
+           f"-gencode=arch=compute_{arch[3:]},code={arch}", str(src), "-o", str(tmp_path / "k.o")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
