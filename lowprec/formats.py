@@ -288,6 +288,23 @@ class QuantFormat:
         if self.block_2d and self.axis not in (-1,):
             raise ValueError("2D blocks tile the last two dimensions; leave axis=-1")
 
+    def to_dict(self) -> dict:
+        """JSON-ready description; ``QuantFormat.from_dict`` inverts it exactly."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["element"] = self.element.name
+        d["scale"] = self.scale.name
+        if self.scale.convention and self.scale.convention != "nan_ff":
+            d["scale_convention"] = self.scale.convention
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantFormat":
+        d = dict(d)
+        convention = d.pop("scale_convention", None)
+        if convention is not None:
+            d["scale"] = ue5m3(convention)
+        return cls(**d)
+
     def replace(self, **changes) -> "QuantFormat":
         """A copy with some fields changed (the name is dropped unless given)."""
         changes.setdefault("name", "")

@@ -135,3 +135,25 @@ def test_non_finite_blocks_are_nan_and_contained(case, kind):
     assert torch.isnan(yb[blocks_bad.expand_as(yb) & xb_pad]).all()
     if not fmt.tensor_scale:   # with a tensor scale, S_enc falls back to 1 and other blocks change
         assert torch.isfinite(yb[~blocks_bad.expand_as(yb) & xb_pad]).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases(), st.sampled_from(["nearest", "stochastic", "zero"]), st.integers(0, 3))
+def test_fake_quantize_equals_quantize_dequantize(case, rounding, nan_kind):
+    """The value-domain fast path is bit-exact with codes + dequantize, NaN/Inf included."""
+    from lowprec.reference.fake import fake_quantize
+    fmt, x, seed = case
+    if nan_kind and x.numel() > 1:
+        x = x.clone()
+        x.view(-1)[seed % x.numel()] = [math.nan, math.inf, -math.inf][nan_kind - 1]
+    a = fake_quantize(x, fmt, rounding, seed=seed, offset=seed % 1000)
+    b = dequantize(quantize(x, fmt, rounding=rounding, seed=seed, offset=seed % 1000))
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    assert torch.equal(a[~torch.isnan(a)], b[~torch.isnan(b)])
+    assert torch.equal(torch.signbit(a), torch.signbit(b))
+
+
+def test_format_dict_round_trip():
+    import json
+    for fmt in FORMATS + [F.NVFP4.replace(scale=F.ue5m3("ieee"), block_2d=True)]:
+        assert F.QuantFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt

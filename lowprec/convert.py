@@ -1,0 +1,128 @@
+"""convert_model / revert_model: one module walker for every kind of layer swap.
+
+``config`` is any object with ``can_convert(module) -> bool`` and
+``convert_module(module, name) -> nn.Module | str`` (a string is the reason the layer is
+skipped).  lowprec's ``Recipe`` is one; the ``sparse`` package's configs are others, so
+lowprec never imports sparse.  A converted module that has ``revert()`` is swapped back
+by ``revert_model``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from torch import nn
+
+from .recipe import Recipe, get
+
+log = logging.getLogger("lowprec")
+
+
+@dataclass
+class ConversionReport:
+    converted: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)     # name -> reason
+    filtered: List[str] = field(default_factory=list)         # excluded by module_filter_fn
+
+    def summary(self) -> str:
+        lines = [f"converted {len(self.converted)} layers, skipped {len(self.skipped)}, "
+                 f"filtered out {len(self.filtered)}"]
+        lines += [f"  skipped {n}: {why}" for n, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _convert_one(config, module, name, seed):
+    if "seed" in inspect.signature(config.convert_module).parameters:
+        return config.convert_module(module, name, seed=seed)
+    return config.convert_module(module, name)
+
+
+def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+                  *, seed: int = 0, return_report: bool = False):
+    """Swap every layer ``config`` can convert (in place) and return the model.
+
+    ``config``: a Recipe, a recipe name ("nvfp4", ...), or any converter config.
+    ``module_filter_fn(module, fully_qualified_name)`` returning False keeps a layer as is.
+    Layers whose shapes cannot be blocked are skipped, logged, and listed in the report
+    (``return_report=True`` returns ``(model, report)``).
+    """
+    if isinstance(config, str):
+        config = get(config)
+    if isinstance(config, Recipe):
+        from .nn import QuantLinear
+
+        class _RecipeConverter:
+            def can_convert(self, m):
+                return QuantLinear.accepts(m)
+
+            def convert_module(self, m, name, seed=0):
+                return QuantLinear.from_module(m, config, name=name, seed=seed)
+        converter = _RecipeConverter()
+    else:
+        converter = config
+    report = ConversionReport()
+
+    def visit(module: nn.Module, prefix: str):
+        for child_name, child in list(module.named_children()):
+            fqn = f"{prefix}.{child_name}" if prefix else child_name
+            new = _maybe_convert(child, fqn)
+            if new is not None:
+                setattr(module, child_name, new)
+            else:
+                visit(child, fqn)
+
+    def _maybe_convert(m: nn.Module, fqn: str):
+        if not converter.can_convert(m):
+            return None
+        if module_filter_fn is not None and not module_filter_fn(m, fqn):
+            report.filtered.append(fqn)
+            return None
+        new = _convert_one(converter, m, fqn, seed)
+        if isinstance(new, str):
+            report.skipped[fqn] = new
+            log.warning("lowprec: skipped %s: %s", fqn, new)
+            return None
+        report.converted.append(fqn)
+        return new
+
+    root = _maybe_convert(model, "")
+    if root is not None:
+        model = root
+    else:
+        visit(model, "")
+    log.info("lowprec: %s", report.summary().splitlines()[0])
+    return (model, report) if return_report else model
+
+
+def revert_model(model: nn.Module) -> nn.Module:
+    """Swap every converted layer back to its original type (same parameters)."""
+    if hasattr(model, "revert") and callable(model.revert):
+        return model.revert()
+    for child_name, child in list(model.named_children()):
+        if hasattr(child, "revert") and callable(child.revert):
+            setattr(model, child_name, child.revert())
+        else:
+            revert_model(child)
+    return model
+
+
+def quant_modules(model: nn.Module):
+    """(name, module) of every module that owns a stochastic-rounding stream."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "rng_state")]
+
+
+def rng_state(model: nn.Module) -> dict:
+    """Seeds and Philox offsets of every quantized layer (save it with your checkpoint)."""
+    return {n: m.rng_state() for n, m in quant_modules(model)}
+
+
+def load_rng_state(model: nn.Module, state: dict) -> None:
+    mods = dict(quant_modules(model))
+    missing = set(state) ^ set(mods)
+    if missing:
+        raise KeyError(f"rng state does not match the model's quantized layers: {sorted(missing)}")
+    for n, s in state.items():
+        mods[n].load_rng_state(s)

@@ -1,0 +1,46 @@
+"""torch.library custom ops, so that quantized modules trace under torch.compile.
+
+``lowprec::fake_quantize(x, fmt_json, rounding, rng, extra_offset, estimator, backend)``
+returns (x_hat fp32, df/dx fp32 or an empty tensor).  ``rng`` is an int64 tensor
+[seed, offset] so that a module's advancing offset never forces a recompile; the op
+draws its Philox bits at offset + extra_offset.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Tuple
+
+import torch
+
+from . import ops
+from .estimators import grad_factor
+from .formats import QuantFormat
+
+
+@lru_cache(maxsize=256)
+def format_from_json(fmt_json: str) -> QuantFormat:
+    return QuantFormat.from_dict(json.loads(fmt_json))
+
+
+@lru_cache(maxsize=256)
+def format_to_json(fmt: QuantFormat) -> str:
+    return json.dumps(fmt.to_dict(), sort_keys=True)
+
+
+@torch.library.custom_op("lowprec::fake_quantize", mutates_args=())
+def fake_quantize_op(x: torch.Tensor, fmt_json: str, rounding: str, rng: torch.Tensor,
+                     extra_offset: int, estimator: str, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    fmt = format_from_json(fmt_json)
+    seed, offset = (int(v) for v in rng.tolist())
+    fn = ops.resolve("fake_quantize", backend, x.device)
+    x_hat, s_eff, amax = fn(x, fmt, rounding=rounding, seed=seed, offset=offset + extra_offset)
+    factor = grad_factor(estimator, x, x_hat, s_eff, amax, fmt.element.max)
+    return x_hat, factor
+
+
+@fake_quantize_op.register_fake
+def _(x, fmt_json, rounding, rng, extra_offset, estimator, backend):
+    factor = x.new_empty(x.shape if estimator != "ste" else (0,), dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=torch.float32), factor

@@ -1,0 +1,121 @@
+"""QuantLinear: a linear layer whose three GEMMs run under a recipe.
+
+It reuses the parameters of the layer it replaces (``from_module``), so optimizers,
+state_dicts and tied weights keep working, and ``revert()`` gives the original layer
+type back with the same parameters.  Each instance owns a stochastic-rounding seed and a
+Philox offset that advances on every call; the pair is exposed by ``rng_state()`` /
+``load_rng_state()`` (it is kept out of ``state_dict()`` so that the state_dict of a
+converted model loads into the original model and back).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autograd import quant_linear, slot_offsets
+from .recipe import Recipe, get
+
+
+def layer_seed(base_seed: int, name: str) -> int:
+    """A stable per-layer seed from the run's seed and the layer's qualified name."""
+    return ((int(base_seed) & 0x7FFFFFFF) << 32) | zlib.crc32(name.encode())
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): y = x W + b with W of shape (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 recipe: Union[Recipe, str] = "nvfp4", seed: int = 0, weight_layout: str = "out_in",
+                 device=None, dtype=None, name: str = ""):
+        super().__init__()
+        if weight_layout not in ("out_in", "in_out"):
+            raise ValueError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (Conv1D), got {weight_layout!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.recipe = get(recipe)
+        self.weight_layout = weight_layout
+        shape = (out_features, in_features) if weight_layout == "out_in" else (in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.name = name
+        self.seed = int(seed)
+        self.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self._original_type = nn.Linear
+
+    # -- construction -------------------------------------------------------------------
+    @staticmethod
+    def accepts(module: nn.Module) -> bool:
+        return type(module) is nn.Linear or _is_conv1d(module)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, recipe: Recipe, name: str = "", seed: int = 0):
+        """Wrap ``module`` (nn.Linear or Conv1D) reusing its parameters, or return a reason
+        string when its shape cannot be blocked under ``recipe``."""
+        if type(module) is nn.Linear:
+            in_f, out_f, layout = module.in_features, module.out_features, "out_in"
+        elif _is_conv1d(module):
+            in_f, out_f, layout = module.weight.shape[0], module.weight.shape[1], "in_out"
+        else:
+            return f"{type(module).__name__} is not a linear layer"
+        m_in, m_out = recipe.block_multiples()
+        if in_f % m_in or out_f % m_out:
+            return (f"shape in={in_f}, out={out_f} does not divide into the recipe's blocks "
+                    f"(in_features must be a multiple of {m_in}, out_features of {m_out})")
+        q = cls.__new__(cls)
+        nn.Module.__init__(q)
+        q.in_features, q.out_features, q.recipe, q.weight_layout = in_f, out_f, recipe, layout
+        q.weight = module.weight
+        q.bias = module.bias
+        q.name = name
+        q.seed = layer_seed(seed, name)
+        q.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=module.weight.device),
+                          persistent=False)
+        q._original_type = type(module)
+        return q
+
+    def revert(self) -> nn.Module:
+        """The original layer type, sharing this module's parameters."""
+        if self.weight_layout == "out_in":
+            m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
+                          dtype=self.weight.dtype)
+        else:
+            m = self._original_type(self.out_features, self.in_features)
+        m.weight = self.weight
+        m.bias = self.bias
+        return m
+
+    # -- rng ----------------------------------------------------------------------------
+    def rng_state(self) -> dict:
+        return {"seed": self.seed, "offset": int(self.sr_offset)}
+
+    def load_rng_state(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.sr_offset.fill_(int(state["offset"]))
+
+    # -- forward ------------------------------------------------------------------------
+    def weight_out_in(self) -> torch.Tensor:
+        return self.weight if self.weight_layout == "out_in" else self.weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_out_in()
+        if not self.recipe.quantized:
+            return F.linear(x, w, self.bias)
+        tokens = x.numel() // x.shape[-1]
+        _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self.recipe)
+        rng = torch.stack((torch.tensor(self.seed, dtype=torch.int64, device=self.sr_offset.device), self.sr_offset))
+        y = quant_linear(x, w, self.bias, self.recipe, rng, self.seed)
+        if consumed:
+            self.sr_offset.add_(consumed)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, recipe={self.recipe.describe()}")

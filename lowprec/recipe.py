@@ -1,0 +1,236 @@
+"""Per-GEMM quantization recipes for a linear layer.
+
+A linear layer runs three GEMMs, each with two quantized operands, blocks running along
+the GEMM's reduction axis K:
+  fprop  Y  = Q(X)  Q(W)^T     K = in_features    X blocks along in, W along in
+  dgrad  dX = Q(dY) Q(W)       K = out_features   dY along out, W along out
+  wgrad  dW = Q(dY)^T Q(X)     K = tokens         dY along tokens, X along tokens
+A Hadamard transform of size n (random signs when ``hadamard_random``) is applied to both
+operands of a GEMM along K, which leaves the exact product unchanged.
+
+Operand formats: a ``QuantFormat``, a preset name, ``"bf16"`` (round to bfloat16) or
+``None`` (fp32, untouched).  Recipes are frozen and round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .formats import QuantFormat, get_format
+from .reference.rounding import ROUNDING_MODES
+
+ESTIMATORS = ("ste", "clipped_ste", "scale_grad")
+OperandFormat = Union[QuantFormat, str, None]
+
+
+def _normalize_format(fmt: OperandFormat):
+    if fmt is None or fmt == "bf16":
+        return fmt
+    if isinstance(fmt, dict):
+        return QuantFormat.from_dict(fmt)
+    return get_format(fmt)
+
+
+@dataclass(frozen=True)
+class OperandConfig:
+    """How one GEMM operand is quantized."""
+
+    format: OperandFormat = None
+    rounding: str = "nearest"
+
+    def __post_init__(self):
+        object.__setattr__(self, "format", _normalize_format(self.format))
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(f"unknown rounding {self.rounding!r}; expected one of {ROUNDING_MODES}")
+
+    @property
+    def quantized(self) -> bool:
+        return isinstance(self.format, QuantFormat)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.quantized and self.rounding == "stochastic"
+
+    def to_dict(self) -> dict:
+        f = self.format.to_dict() if isinstance(self.format, QuantFormat) else self.format
+        return {"format": f, "rounding": self.rounding}
+
+    def describe(self) -> str:
+        if self.format is None:
+            return "fp32"
+        if self.format == "bf16":
+            return "bf16"
+        return f"{self.format}" + ("/SR" if self.rounding == "stochastic" else "")
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Two operands (lhs, rhs) and an optional Hadamard transform along K."""
+
+    lhs: OperandConfig = field(default_factory=OperandConfig)
+    rhs: OperandConfig = field(default_factory=OperandConfig)
+    hadamard: int = 0
+    hadamard_random: bool = True
+
+    def __post_init__(self):
+        for name in ("lhs", "rhs"):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                object.__setattr__(self, name, OperandConfig(**v))
+        if self.hadamard and (self.hadamard & (self.hadamard - 1) or self.hadamard < 2 or self.hadamard > 1 << 15):
+            raise ValueError(f"hadamard size must be 0 or a power of two in [2, 32768], got {self.hadamard}")
+
+    def to_dict(self) -> dict:
+        return {"lhs": self.lhs.to_dict(), "rhs": self.rhs.to_dict(), "hadamard": self.hadamard,
+                "hadamard_random": self.hadamard_random}
+
+    def describe(self) -> str:
+        h = f" H{self.hadamard}{'r' if self.hadamard_random else ''}" if self.hadamard else ""
+        return f"{self.lhs.describe()} x {self.rhs.describe()}{h}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """fprop (X, W), dgrad (dY, W), wgrad (dY, X) configs, a gradient estimator for the
+    forward quantizers, and the backend that runs the quantizers."""
+
+    name: str = "custom"
+    fprop: GemmConfig = field(default_factory=GemmConfig)
+    dgrad: GemmConfig = field(default_factory=GemmConfig)
+    wgrad: GemmConfig = field(default_factory=GemmConfig)
+    estimator: str = "ste"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("fprop", "dgrad", "wgrad"):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                object.__setattr__(self, name, GemmConfig(**v))
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {ESTIMATORS}")
+
+    # -- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"name": self.name, "fprop": self.fprop.to_dict(), "dgrad": self.dgrad.to_dict(),
+                "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Recipe":
+        return cls.from_dict(json.loads(s))
+
+    # -- editing -------------------------------------------------------------------------
+    def replace(self, **changes) -> "Recipe":
+        """Override any knob: top-level fields, or 'gemm.operand.field' / 'gemm.field' paths,
+        e.g. ``recipe.replace(**{"wgrad.hadamard": 32, "fprop.lhs.rounding": "stochastic"})``."""
+        r = self
+        for key, value in changes.items():
+            parts = key.split(".")
+            if len(parts) == 1:
+                r = dataclasses.replace(r, **{key: value})
+            elif len(parts) == 2:
+                g = dataclasses.replace(getattr(r, parts[0]), **{parts[1]: value})
+                r = dataclasses.replace(r, **{parts[0]: g})
+            elif len(parts) == 3:
+                gemm = getattr(r, parts[0])
+                op = dataclasses.replace(getattr(gemm, parts[1]), **{parts[2]: value})
+                r = dataclasses.replace(r, **{parts[0]: dataclasses.replace(gemm, **{parts[1]: op})})
+            else:
+                raise ValueError(f"cannot override {key!r}")
+        return r
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def quantized(self) -> bool:
+        return any(op.format is not None for g in (self.fprop, self.dgrad, self.wgrad) for op in (g.lhs, g.rhs))
+
+    def block_multiples(self):
+        """(multiple of in_features, multiple of out_features) a layer needs: every block and
+        Hadamard chunk along a feature axis must fit exactly (tokens are padded instead)."""
+        def bs(op: OperandConfig) -> int:
+            return op.format.block_size if op.quantized else 1
+        def tile(op: OperandConfig) -> int:
+            return op.format.block_size if op.quantized and op.format.block_2d else 1
+        f, d, w = self.fprop, self.dgrad, self.wgrad
+        m_in = max(bs(f.lhs), bs(f.rhs), f.hadamard, tile(d.rhs), tile(w.rhs))
+        m_out = max(bs(d.lhs), bs(d.rhs), d.hadamard, tile(f.rhs), tile(w.lhs))
+        return m_in, m_out
+
+    def describe(self) -> str:
+        return (f"{self.name}: fprop[{self.fprop.describe()}] dgrad[{self.dgrad.describe()}] "
+                f"wgrad[{self.wgrad.describe()}] est={self.estimator}")
+
+    # -- convert_model protocol ------------------------------------------------------------
+    def convert_module(self, module, name: str):
+        """The quantized replacement of ``module``, or a reason string when it is skipped."""
+        from .nn import QuantLinear
+        return QuantLinear.from_module(module, self, name=name)
+
+    def can_convert(self, module) -> bool:
+        from .nn import QuantLinear
+        return QuantLinear.accepts(module)
+
+
+def _op(fmt, rounding="nearest", **fmt_changes) -> OperandConfig:
+    f = get_format(fmt) if fmt not in (None, "bf16") else fmt
+    if fmt_changes:
+        f = f.replace(**fmt_changes)
+    return OperandConfig(f, rounding)
+
+
+def _uniform(name: str, fmt) -> Recipe:
+    return Recipe(name, GemmConfig(_op(fmt), _op(fmt)), GemmConfig(_op(fmt), _op(fmt)), GemmConfig(_op(fmt), _op(fmt)))
+
+
+def _nvfp4() -> Recipe:
+    """NVIDIA's NVFP4 training recipe: 16x16 2D weight tiles, 1x16 UE4M3 blocks with an fp32
+    tensor scale elsewhere, random Hadamard-16 on both wgrad operands, stochastic rounding on
+    gradients, round-to-nearest on weights and activations."""
+    w2d = _op("nvfp4", block_2d=True)
+    act = _op("nvfp4")
+    grad = _op("nvfp4", "stochastic")
+    return Recipe("nvfp4", GemmConfig(act, w2d), GemmConfig(grad, w2d),
+                  GemmConfig(grad, act, hadamard=16, hadamard_random=True))
+
+
+def _ue5m3() -> Recipe:
+    """The seed study's trade-off: UE5M3 block-16 scales with a tensor scale, random
+    Hadamard-16 on every GEMM, stochastic rounding on gradients."""
+    act = _op("ue5m3")
+    grad = _op("ue5m3", "stochastic")
+    return Recipe("ue5m3", GemmConfig(act, act, hadamard=16), GemmConfig(grad, act, hadamard=16),
+                  GemmConfig(grad, act, hadamard=16))
+
+
+PRESETS = {
+    "bf16": _uniform("bf16", "bf16"),
+    "mxfp8": _uniform("mxfp8", "mxfp8"),
+    "mxfp4": _uniform("mxfp4", "mxfp4"),
+    "nvfp4": _nvfp4(),
+    "ue5m3": _ue5m3(),
+}
+
+
+def get(name: Union[str, Recipe], **overrides) -> Recipe:
+    """A named recipe ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3"), with optional overrides."""
+    if isinstance(name, Recipe):
+        r = name
+    else:
+        try:
+            r = PRESETS[name.lower()]
+        except KeyError:
+            raise ValueError(f"unknown recipe {name!r}; presets: {sorted(PRESETS)}") from None
+    return r.replace(**overrides) if overrides else r
+
+
+def names():
+    return list(PRESETS)
