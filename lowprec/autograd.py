@@ -17,36 +17,76 @@ offset, so no two operands and no two calls share bits.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from functools import lru_cache
+from typing import NamedTuple, Optional
 
 import torch
 
 from .library import fake_quantize_op, format_to_json
-from .recipe import GemmConfig, OperandConfig, Recipe
+from .recipe import OperandConfig, Recipe
 from .reference.hadamard import hadamard_transform
 
 SLOTS = ("fprop.lhs", "fprop.rhs", "dgrad.lhs", "dgrad.rhs", "wgrad.lhs", "wgrad.rhs")
+SLOT_AXES = (-1, -1, -1, 0, 0, 0)   # blocks run along each GEMM's reduction axis
+
+
+class OperandPlan(NamedTuple):
+    kind: str            # "fp32" | "bf16" | "quant"
+    fmt_json: str        # the QuantFormat with its block axis set, as JSON ("" if not quantized)
+    rounding: str
+
+    @property
+    def stochastic(self) -> bool:
+        return self.kind == "quant" and self.rounding == "stochastic"
+
+
+class LinearPlan(NamedTuple):
+    """A recipe lowered to plain strings and ints, so torch.compile traces it as constants."""
+    operands: tuple      # six OperandPlan, in SLOTS order
+    hadamard: tuple      # (size, random) for fprop, dgrad, wgrad
+    estimator: str
+    backend: str
+    reuse_weight: bool   # dgrad may reuse fprop's quantized W (same 2D tiles, no transform)
+
+
+def _operand_plan(op: OperandConfig, axis: int) -> OperandPlan:
+    if op.format is None:
+        return OperandPlan("fp32", "", op.rounding)
+    if op.format == "bf16":
+        return OperandPlan("bf16", "", op.rounding)
+    fmt = op.format if op.format.block_2d else op.format.replace(axis=axis)
+    return OperandPlan("quant", format_to_json(fmt), op.rounding)
+
+
+@lru_cache(maxsize=None)
+def plan_for(recipe: Recipe) -> LinearPlan:
+    ops_ = (recipe.fprop.lhs, recipe.fprop.rhs, recipe.dgrad.lhs, recipe.dgrad.rhs, recipe.wgrad.lhs, recipe.wgrad.rhs)
+    f = recipe.fprop
+    reuse = (recipe.dgrad.rhs == f.rhs and f.rhs.quantized and f.rhs.format.block_2d
+             and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
+    return LinearPlan(tuple(_operand_plan(o, a) for o, a in zip(ops_, SLOT_AXES)),
+                      tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
+                      recipe.estimator, recipe.backend, reuse)
 
 
 def counters_needed(n_elements: int) -> int:
     return math.ceil(n_elements / 16)
 
 
-def slot_offsets(tokens: int, in_f: int, out_f: int, recipe: Recipe):
+def slot_offsets(tokens: int, in_f: int, out_f: int, plan: LinearPlan):
     """Philox counter offset of each operand slot, and the total the call consumes."""
-    t_w = _padded_tokens(tokens, recipe.wgrad)
+    t_w = _padded_tokens(tokens, plan.hadamard[2][0])
     sizes = [tokens * in_f, out_f * in_f, tokens * out_f, out_f * in_f, t_w * out_f, t_w * in_f]
-    ops_ = [recipe.fprop.lhs, recipe.fprop.rhs, recipe.dgrad.lhs, recipe.dgrad.rhs, recipe.wgrad.lhs, recipe.wgrad.rhs]
     offsets, total = [], 0
-    for n, op in zip(sizes, ops_):
+    for n, op in zip(sizes, plan.operands):
         offsets.append(total)
         if op.stochastic:
             total += counters_needed(n)
     return offsets, total
 
 
-def _padded_tokens(tokens: int, g: GemmConfig) -> int:
-    n = g.hadamard or 1
+def _padded_tokens(tokens: int, hadamard: int) -> int:
+    n = hadamard or 1
     return -(-tokens // n) * n
 
 
@@ -54,79 +94,76 @@ def _hadamard_seed(layer_seed: int, gemm_index: int) -> int:
     return (layer_seed * 3 + gemm_index) & 0x7FFFFFFFFFFFFFFF
 
 
-def _transform(t: torch.Tensor, g: GemmConfig, axis: int, layer_seed: int, gemm_index: int,
+def _transform(t: torch.Tensor, hadamard: tuple, axis: int, layer_seed: int, gemm_index: int,
                inverse: bool = False) -> torch.Tensor:
-    if not g.hadamard:
+    size, random = hadamard
+    if not size:
         return t
-    seed = _hadamard_seed(layer_seed, gemm_index) if g.hadamard_random else None
-    return hadamard_transform(t, g.hadamard, axis=axis, seed=seed, inverse=inverse)
+    seed = _hadamard_seed(layer_seed, gemm_index) if random else None
+    return hadamard_transform(t, size, axis=axis, seed=seed, inverse=inverse)
 
 
-def quantize_operand(t: torch.Tensor, op: OperandConfig, axis: int, rng: torch.Tensor, extra_offset: int,
+def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_offset: int,
                      estimator: str, backend: str):
-    """(fp32 fake-quantized operand, estimator factor or None) with blocks along ``axis``."""
-    if op.format is None:
+    """(fp32 fake-quantized operand, estimator factor or None)."""
+    if op.kind == "fp32":
         return t.to(torch.float32), None
-    if op.format == "bf16":
+    if op.kind == "bf16":
         return t.to(torch.bfloat16).to(torch.float32), None
-    fmt = op.format if op.format.block_2d else op.format.replace(axis=axis)
-    x_hat, factor = fake_quantize_op(t, format_to_json(fmt), op.rounding, rng, extra_offset, estimator, backend)
+    x_hat, factor = fake_quantize_op(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend)
     return x_hat, (factor if factor.numel() else None)
 
 
 class QuantLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
-                recipe: Recipe, layer_seed: int):
+                plan: LinearPlan, layer_seed: int):
         tokens, in_f = x.shape
         out_f = weight.shape[0]
-        offsets, _ = slot_offsets(tokens, in_f, out_f, recipe)
-        f = recipe.fprop
-        xq, x_factor = quantize_operand(_transform(x, f, -1, layer_seed, 0), f.lhs, -1, rng, offsets[0],
-                                        recipe.estimator, recipe.backend)
-        wq, w_factor = quantize_operand(_transform(weight, f, -1, layer_seed, 0), f.rhs, -1, rng, offsets[1],
-                                        recipe.estimator, recipe.backend)
+        offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
+        ops_, had = plan.operands, plan.hadamard
+        xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0), ops_[0], rng, offsets[0],
+                                        plan.estimator, plan.backend)
+        wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0), ops_[1], rng, offsets[1],
+                                        plan.estimator, plan.backend)
         y = xq @ wq.t()
         if bias is not None:
             y = y + bias.to(torch.float32)
-        reuse_w = (recipe.dgrad.rhs == f.rhs and f.rhs.quantized and f.rhs.format.block_2d
-                   and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
-        ctx.save_for_backward(x, weight, rng, x_factor, w_factor, wq if reuse_w else None)
-        ctx.cfg = (recipe, layer_seed, offsets, bias is not None, x.dtype, weight.dtype)
+        ctx.save_for_backward(x, weight, rng, x_factor, w_factor, wq if plan.reuse_weight else None)
+        ctx.cfg = (plan, layer_seed, offsets, bias is not None, x.dtype, weight.dtype)
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight, rng, x_factor, w_factor, wq_reused = ctx.saved_tensors
-        recipe, layer_seed, offsets, has_bias, x_dtype, w_dtype = ctx.cfg
-        est, backend = recipe.estimator, recipe.backend
+        plan, layer_seed, offsets, has_bias, x_dtype, w_dtype = ctx.cfg
+        ops_, had, backend = plan.operands, plan.hadamard, plan.backend
         dy = grad_out.to(torch.float32)
         grad_x = grad_w = grad_b = None
 
         if ctx.needs_input_grad[0]:
-            d = recipe.dgrad
-            dyq, _ = quantize_operand(_transform(dy, d, -1, layer_seed, 1), d.lhs, -1, rng, offsets[2], "ste", backend)
+            dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1), ops_[2], rng, offsets[2], "ste", backend)
             if wq_reused is not None:
                 wq = wq_reused
             else:
-                wq, _ = quantize_operand(_transform(weight, d, 0, layer_seed, 1), d.rhs, 0, rng, offsets[3], "ste", backend)
+                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1), ops_[3], rng, offsets[3],
+                                         "ste", backend)
             grad_x = dyq @ wq
             if x_factor is not None:
-                grad_x = _apply_factor(grad_x, x_factor, recipe.fprop, layer_seed)
+                grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed)
             grad_x = grad_x.to(x_dtype)
 
         if ctx.needs_input_grad[1]:
-            g = recipe.wgrad
-            pad = _padded_tokens(x.shape[0], g) - x.shape[0]
+            pad = _padded_tokens(x.shape[0], had[2][0]) - x.shape[0]
             dy_w, x_w = dy, x
             if pad:
                 dy_w = torch.nn.functional.pad(dy_w, (0, 0, 0, pad))
                 x_w = torch.nn.functional.pad(x_w, (0, 0, 0, pad))
-            dyq, _ = quantize_operand(_transform(dy_w, g, 0, layer_seed, 2), g.lhs, 0, rng, offsets[4], "ste", backend)
-            xq, _ = quantize_operand(_transform(x_w, g, 0, layer_seed, 2), g.rhs, 0, rng, offsets[5], "ste", backend)
+            dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2), ops_[4], rng, offsets[4], "ste", backend)
+            xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2), ops_[5], rng, offsets[5], "ste", backend)
             grad_w = dyq.t() @ xq
             if w_factor is not None:
-                grad_w = _apply_factor(grad_w, w_factor, recipe.fprop, layer_seed)
+                grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed)
             grad_w = grad_w.to(w_dtype)
 
         if has_bias and ctx.needs_input_grad[2]:
@@ -134,17 +171,18 @@ class QuantLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, f: GemmConfig, layer_seed: int) -> torch.Tensor:
+def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, layer_seed: int) -> torch.Tensor:
     """Multiply by the forward quantizer's df/dx in the fprop (transformed) domain, and map back."""
-    if not f.hadamard:
+    if not hadamard[0]:
         return grad * factor
-    g_t = _transform(grad, f, -1, layer_seed, 0) * factor
-    return _transform(g_t, f, -1, layer_seed, 0, inverse=True)
+    g_t = _transform(grad, hadamard, -1, layer_seed, 0) * factor
+    return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True)
 
 
-def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], recipe: Recipe,
+def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], recipe,
                  rng: torch.Tensor, layer_seed: int = 0) -> torch.Tensor:
-    """y = x W^T + b under ``recipe``; x has any leading dims."""
+    """y = x W^T + b under ``recipe`` (a Recipe or its LinearPlan); x has any leading dims."""
+    plan = recipe if isinstance(recipe, LinearPlan) else plan_for(recipe)
     lead = x.shape[:-1]
-    y = QuantLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, rng, recipe, layer_seed)
+    y = QuantLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, rng, plan, layer_seed)
     return y.reshape(*lead, weight.shape[0])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autograd import quant_linear, slot_offsets
+from .autograd import plan_for, quant_linear, slot_offsets
 from .recipe import Recipe, get
 
 
@@ -108,13 +108,23 @@ class QuantLinear(nn.Module):
         w = self.weight_out_in()
         if not self.recipe.quantized:
             return F.linear(x, w, self.bias)
+        plan = self._plan
         tokens = x.numel() // x.shape[-1]
-        _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self.recipe)
-        rng = torch.stack((torch.tensor(self.seed, dtype=torch.int64, device=self.sr_offset.device), self.sr_offset))
-        y = quant_linear(x, w, self.bias, self.recipe, rng, self.seed)
+        _, consumed = slot_offsets(tokens, self.in_features, self.out_features, plan)
+        rng = torch.stack((torch.full((), self.seed, dtype=torch.int64, device=self.sr_offset.device), self.sr_offset))
+        y = quant_linear(x, w, self.bias, plan, rng, self.seed)
         if consumed:
             self.sr_offset.add_(consumed)
         return y
+
+    @property
+    def recipe(self) -> Recipe:
+        return self._recipe
+
+    @recipe.setter
+    def recipe(self, value) -> None:
+        self._recipe = get(value)
+        self._plan = plan_for(self._recipe)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

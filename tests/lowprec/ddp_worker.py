@@ -1,0 +1,63 @@
+"""Two CPU processes with gloo train a converted model under DDP; the gradients must equal
+one process on the same global batch.
+
+The recipe is MXFP4 with round-to-nearest: its blocks run along features in fprop/dgrad
+and along tokens in wgrad, and each rank's 64 tokens are whole 32-token wgrad blocks, so
+each rank quantizes exactly the blocks the single process does.  (Tensor-scaled recipes
+take their amax per rank, and stochastic rounding indexes bits by position in the local
+tensor: DDP is then a different, equally valid, quantization of the same batch.)
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import lowprec
+
+TOKENS_PER_RANK, WORLD = 64, 2
+
+
+def model():
+    torch.manual_seed(0)
+    return lowprec.convert_model(nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32)), "mxfp4", seed=0)
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(TOKENS_PER_RANK * WORLD, 64, generator=g), torch.randn(TOKENS_PER_RANK * WORLD, 32, generator=g)
+
+
+def loss_fn(m, x, y):
+    return (m(x) - y).pow(2).mean()
+
+
+def worker(rank, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("LOWPREC_DDP_PORT", "29517"))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    m = DDP(model())
+    x, y = batch()
+    sl = slice(rank * TOKENS_PER_RANK, (rank + 1) * TOKENS_PER_RANK)
+    loss_fn(m, x[sl], y[sl]).backward()
+    if rank == 0:
+        torch.save([p.grad for p in m.module.parameters()], os.path.join(out_dir, "ddp.pt"))
+    dist.destroy_process_group()
+
+
+def main(out_dir):
+    mp.spawn(worker, args=(out_dir,), nprocs=WORLD, join=True)
+    ddp_grads = torch.load(os.path.join(out_dir, "ddp.pt"))
+    m = model()
+    x, y = batch()
+    loss_fn(m, x, y).backward()
+    for a, b in zip(ddp_grads, [p.grad for p in m.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    print("DDP == single process")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
