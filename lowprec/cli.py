@@ -11,12 +11,21 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="quantize real tensors with every preset and print error statistics")
     p_demo.add_argument("--json", default=None, help="also write the rows as JSON here")
-    p_back = sub.add_parser("backends", help="list the backends and why any is unavailable")
-    del p_back
+    sub.add_parser("backends", help="list the backends and why any is unavailable")
+    from .sim import simulate
+    p_sim = sub.add_parser("simulate", help="train a tiny LM on the CPU under each recipe and compare losses")
+    simulate.add_arguments(p_sim)
+    from . import diagnose
+    p_diag = sub.add_parser("diagnose", help="per-layer SQNR of a recipe's operands and GEMMs, worst layers first")
+    diagnose.add_arguments(p_diag)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
         run_demo(args.json)
+    elif args.command == "simulate":
+        simulate.run(args)
+    elif args.command == "diagnose":
+        diagnose.run(args)
     elif args.command == "backends":
         from .ops import BACKENDS, backend_status
         for b in BACKENDS:

@@ -1,0 +1,154 @@
+"""`lowprec diagnose`: where does a recipe lose most?
+
+Runs one fp32 forward/backward, records each linear layer's input X, weight W and output
+gradient dY, then, per layer, quantizes the six operands exactly as the recipe would
+(Hadamard domain, block axis, rounding) and reports
+  - the SQNR of each operand (x vs Q(x)), and
+  - the SQNR of each GEMM output (fprop Y, dgrad dX, wgrad dW) against fp32,
+ranking layers by their worst GEMM SQNR: the blind spots to keep in higher precision.
+SQNR = 10 log10(||ref||^2 / ||ref - approx||^2) in dB.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autograd import SLOTS, _padded_tokens, _transform, plan_for, quantize_operand, slot_offsets
+from .nn import _is_conv1d, layer_seed
+from .recipe import Recipe, get
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    noise = (ref.double() - approx.double()).pow(2).sum()
+    signal = ref.double().pow(2).sum()
+    if noise == 0:
+        return math.inf
+    return float(10 * torch.log10(signal / noise)) if signal > 0 else -math.inf
+
+
+def capture(model: nn.Module, inputs, loss_fn):
+    """{name: (X 2-D, W out x in, dY 2-D)} for every nn.Linear / Conv1D."""
+    records, handles = {}, []
+    for name, m in model.named_modules():
+        if type(m) is nn.Linear or _is_conv1d(m):
+            def fwd_hook(mod, args, out, name=name):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                w = (mod.weight if type(mod) is nn.Linear else mod.weight.t()).detach().float()
+                records[name] = [x, w, None]
+                if out.requires_grad:
+                    out.register_hook(lambda g, name=name: records[name].__setitem__(
+                        2, g.detach().reshape(-1, g.shape[-1]).float()))
+            handles.append(m.register_forward_hook(fwd_hook))
+    try:
+        out = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+        loss_fn(out).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v for k, v in records.items() if v[2] is not None}
+
+
+def diagnose_layer(x, w, dy, recipe: Recipe, seed: int = 0):
+    plan = plan_for(recipe)
+    tokens, (out_f, in_f) = x.shape[0], w.shape
+    offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
+    rng = torch.tensor([seed, 0])
+    had = plan.hadamard
+    pad = _padded_tokens(tokens, had[2][0]) - tokens
+    dy_w = F.pad(dy, (0, 0, 0, pad)) if pad else dy
+    x_w = F.pad(x, (0, 0, 0, pad)) if pad else x
+    operands = [  # (tensor in its GEMM's transformed domain, slot index)
+        _transform(x, had[0], -1, seed, 0), _transform(w, had[0], -1, seed, 0),
+        _transform(dy, had[1], -1, seed, 1), _transform(w, had[1], 0, seed, 1),
+        _transform(dy_w, had[2], 0, seed, 2), _transform(x_w, had[2], 0, seed, 2)]
+    quantized = [quantize_operand(t, plan.operands[i], rng, offsets[i], "ste", plan.backend)[0]
+                 for i, t in enumerate(operands)]
+    row = {f"sqnr_{s}": sqnr_db(t, q) for s, t, q in zip(SLOTS, operands, quantized)}
+    row["sqnr_fprop_Y"] = sqnr_db(x @ w.t(), quantized[0] @ quantized[1].t())
+    row["sqnr_dgrad_dX"] = sqnr_db(dy @ w, quantized[2] @ quantized[3])
+    row["sqnr_wgrad_dW"] = sqnr_db(dy.t() @ x, quantized[4].t() @ quantized[5])
+    row["worst_gemm_sqnr"] = min(row["sqnr_fprop_Y"], row["sqnr_dgrad_dX"], row["sqnr_wgrad_dW"])
+    return row
+
+
+def builtin_model(batch_size: int = 16, seed: int = 0):
+    from .sim.data import ByteCorpus
+    from .sim.model import TinyLM
+    torch.manual_seed(seed)
+    model = TinyLM()
+    x, y = ByteCorpus().batch("train", batch_size, model.cfg.seq_len, torch.Generator().manual_seed(seed))
+    return model, x, lambda logits: F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def load_user_model(spec: str):
+    """'package.module:factory' -> factory() returning (model, inputs) or (model, inputs, loss_fn)."""
+    if ":" not in spec:
+        raise ValueError(f"--model takes 'package.module:factory', got {spec!r}")
+    mod_name, fn_name = spec.split(":", 1)
+    out = getattr(importlib.import_module(mod_name), fn_name)()
+    if not isinstance(out, tuple) or len(out) not in (2, 3):
+        raise ValueError(f"{spec} must return (model, inputs) or (model, inputs, loss_fn)")
+    model, inputs = out[0], out[1]
+    loss_fn = out[2] if len(out) == 3 else (lambda o: (o[0] if isinstance(o, tuple) else o).float().pow(2).mean())
+    return model, inputs, loss_fn
+
+
+def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
+    recipe = get(recipe)
+    records = capture(model, inputs, loss_fn)
+    rows = []
+    for name, (x, w, dy) in records.items():
+        m_in, m_out = recipe.block_multiples()
+        row = {"layer": name, "shape": f"{w.shape[0]}x{w.shape[1]}", "tokens": x.shape[0]}
+        if w.shape[1] % m_in or w.shape[0] % m_out:
+            row["note"] = "skipped by convert_model (shape not blockable)"
+        row.update(diagnose_layer(x, w, dy, recipe, layer_seed(seed, name)))
+        rows.append(row)
+    rows.sort(key=lambda r: r["worst_gemm_sqnr"])
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    return rows
+
+
+def print_rows(rows, recipe_name: str, top: int = 0):
+    print(f"recipe {recipe_name}: layers ranked by worst GEMM SQNR (dB, higher is better)")
+    hdr = (f"{'#':>3s} {'layer':28s} {'shape':>10s} {'Y':>6s} {'dX':>6s} {'dW':>6s} | {'X':>6s} {'W':>6s} "
+           f"{'dY(dg)':>7s} {'W(dg)':>6s} {'dY(wg)':>7s} {'X(wg)':>6s}")
+    print(hdr)
+    for r in rows[: top or None]:
+        print(f"{r['rank']:3d} {r['layer'][:28]:28s} {r['shape']:>10s} {r['sqnr_fprop_Y']:6.1f} "
+              f"{r['sqnr_dgrad_dX']:6.1f} {r['sqnr_wgrad_dW']:6.1f} | "
+              + " ".join(f"{r['sqnr_' + s]:{7 if 'lhs' in s and not s.startswith('fprop') else 6}.1f}" for s in SLOTS)
+              + ("  *" + r["note"] if "note" in r else ""))
+
+
+def add_arguments(p):
+    p.add_argument("--recipe", default="nvfp4")
+    p.add_argument("--model", default="builtin", help="'builtin' or 'package.module:factory'")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=0, help="print only the worst N layers")
+    p.add_argument("--json", default="lowprec_runs/diagnose.json")
+
+
+def run(args):
+    if args.model == "builtin":
+        model, inputs, loss_fn = builtin_model(args.batch_size, args.seed)
+    else:
+        model, inputs, loss_fn = load_user_model(args.model)
+    recipe = get(args.recipe)
+    rows = diagnose(model, inputs, loss_fn, recipe, args.seed)
+    print_rows(rows, recipe.name, args.top)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"recipe": recipe.to_dict(), "layers": rows}, indent=1) + "\n")
+        print(f"wrote {path}")
+    return rows

@@ -1,0 +1,62 @@
+"""`lowprec simulate`: train the tiny LM under each recipe and seed, on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from ..recipe import get
+from .data import ByteCorpus
+from .model import TinyLMConfig
+from .report import plot_losses, print_summary, summarize, write_json
+from .train import TrainConfig, train_once
+
+DEFAULT_RECIPES = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
+
+
+def add_arguments(p):
+    p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), help="recipe presets to compare")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--estimator", default=None, help="override every recipe's gradient estimator")
+    p.add_argument("--out", default="lowprec_runs/simulate", help="folder for JSON and PNG")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> dict:
+    from tqdm.auto import tqdm
+    model = TinyLMConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=args.d_ff,
+                         seq_len=args.seq_len)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, model=model)
+    recipes = [get(r, **({"estimator": args.estimator} if args.estimator else {})) for r in args.recipes]
+    corpus = ByteCorpus()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    t0 = time.time()
+    total = len(recipes) * len(args.seeds) * cfg.steps
+    with tqdm(total=total, disable=args.no_progress, desc="simulate", unit="step") as bar:
+        for seed in args.seeds:
+            for recipe in recipes:
+                bar.set_description(f"{recipe.name} seed {seed}")
+                results.append(train_once(recipe, seed, cfg, corpus, progress=bar))
+    baseline = "bf16" if "bf16" in args.recipes else recipes[0].name
+    rows = summarize(results, baseline)
+    print(f"\ncorpus: {len(corpus.train)} train / {len(corpus.val)} val bytes of Python stdlib docstrings; "
+          f"model {model}; {cfg.steps} steps x {cfg.batch_size} x {model.seq_len} tokens; "
+          f"{time.time() - t0:.0f} s total")
+    print_summary(rows, baseline)
+    config = {"train": dataclasses.asdict(cfg), "recipes": [r.to_dict() for r in recipes], "seeds": args.seeds}
+    write_json(out / "simulate.json", rows, results, config)
+    plotted = plot_losses(out / "simulate_loss.png", results, f"tiny LM, {cfg.steps} steps, seeds {args.seeds}")
+    print(f"wrote {out / 'simulate.json'}" + (f" and {out / 'simulate_loss.png'}" if plotted else
+                                               " (install matplotlib for the plot)"))
+    return {"rows": rows, "results": results}

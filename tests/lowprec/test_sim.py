@@ -1,0 +1,84 @@
+"""Layer 7: the simulate and diagnose commands end to end, on tiny settings."""
+
+import json
+
+import pytest
+import torch
+
+from lowprec import cli
+from lowprec.diagnose import diagnose, load_user_model, sqnr_db
+from lowprec.sim.corpus import byte_tokens, stdlib_docstrings
+from lowprec.sim.data import ByteCorpus
+
+
+def test_corpus_is_real_text_and_batches_are_reproducible():
+    text = stdlib_docstrings()
+    assert len(text) > 200_000 and "Return" in text
+    c = ByteCorpus()
+    a = c.batch("train", 4, 16, torch.Generator().manual_seed(1))
+    b = c.batch("train", 4, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
+    assert byte_tokens("ab").tolist() == [97, 98]
+
+
+@pytest.mark.slow
+def test_simulate_tiny_all_presets(tmp_path, capsys):
+    out = tmp_path / "sim"
+    cli.main(["simulate", "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--d-model", "32",
+              "--d-ff", "64", "--heads", "2", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    data = json.loads((out / "simulate.json").read_text())
+    rows = {r["recipe"]: r for r in data["summary"]}
+    assert set(rows) == {"bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3"}
+    assert (out / "simulate_loss.png").stat().st_size > 10_000
+    for name in ("nvfp4", "ue5m3"):
+        assert abs(rows[name]["gap_to_bf16"]) < 0.1, rows[name]
+    assert rows["bf16"]["val_loss"] < 4.5                # it learned something from 5.55 (= ln 256)
+    assert "gap to bf16" in printed and "nvfp4" in printed
+
+
+def test_diagnose_builtin_ranks_every_linear(tmp_path):
+    path = tmp_path / "d.json"
+    rows = cli_rows(["diagnose", "--recipe", "mxfp4", "--json", str(path)])
+    assert len(rows) == 9                               # 4 linears x 2 blocks + head
+    worst = [r["worst_gemm_sqnr"] for r in rows]
+    assert worst == sorted(worst) and all(5 < w < 60 for w in worst)
+    saved = json.loads(path.read_text())
+    assert saved["recipe"]["name"] == "mxfp4" and len(saved["layers"]) == 9
+
+
+def cli_rows(argv):
+    from lowprec import diagnose as d
+    import argparse
+    p = argparse.ArgumentParser()
+    d.add_arguments(p)
+    return d.run(p.parse_args(argv[1:]))
+
+
+def test_diagnose_finer_recipe_scores_higher():
+    from lowprec.diagnose import builtin_model
+    model, x, loss = builtin_model(8)
+    coarse = {r["layer"]: r for r in diagnose(model, x, loss, "mxfp4")}
+    model, x, loss = builtin_model(8)
+    fine = {r["layer"]: r for r in diagnose(model, x, loss, "mxfp8")}
+    assert all(fine[n]["sqnr_fprop_Y"] > coarse[n]["sqnr_fprop_Y"] + 6 for n in coarse)
+
+
+def user_factory():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    return m, torch.randn(16, 64)
+
+
+def test_diagnose_user_model():
+    model, inputs, loss = load_user_model(f"{__name__}:user_factory")
+    rows = diagnose(model, inputs, loss, "nvfp4")
+    assert [r["layer"] for r in rows] and {r["layer"] for r in rows} == {"0", "2"}
+    with pytest.raises(ValueError, match="package.module:factory"):
+        load_user_model("nocolon")
+
+
+def test_sqnr():
+    x = torch.ones(10)
+    assert sqnr_db(x, x) == float("inf")
+    assert sqnr_db(x, x * 1.1) == pytest.approx(20.0)
