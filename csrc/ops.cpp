@@ -4,6 +4,15 @@
 
 namespace lowprec {
 at::Tensor random_bytes_cpu(int64_t seed, int64_t offset, int64_t numel);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_blocks_cpu(
+    const at::Tensor& xb, const c10::optional<at::Tensor>& rand, const at::Tensor& scale_table,
+    c10::IntArrayRef iparams, c10::ArrayRef<double> fparams, double s_enc, int64_t rounding, int64_t seed,
+    int64_t offset, bool inline_rng);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_blocks_cpu(
+    const at::Tensor& xb, const c10::optional<at::Tensor>& rand, const at::Tensor& scale_table,
+    c10::IntArrayRef iparams, c10::ArrayRef<double> fparams, double s_enc, int64_t rounding, int64_t seed,
+    int64_t offset, bool inline_rng);
+at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_eff, const at::Tensor& elem_table);
 #ifdef LOWPREC_WITH_CUDA
 at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::Device device);
 #endif
@@ -20,7 +29,23 @@ at::Tensor random_bytes(int64_t seed, int64_t offset, int64_t numel, c10::Device
 }  // namespace lowprec
 
 TORCH_LIBRARY(lowprec, m) {
-  m.def("random_bytes(int seed, int offset, int numel, Device device) -> Tensor", &lowprec::random_bytes);
+  m.def("random_bytes(int seed, int offset, int numel, Device device) -> Tensor");
+  m.def("quantize_blocks(Tensor xb, Tensor? rand, Tensor scale_table, int[] iparams, float[] fparams, "
+        "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
+  m.def("fake_quantize_blocks(Tensor xb, Tensor? rand, Tensor scale_table, int[] iparams, float[] fparams, "
+        "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
+  m.def("dequantize_blocks(Tensor codes, Tensor s_eff, Tensor elem_table) -> Tensor");
+}
+
+// No tensor argument to dispatch on: one kernel for every backend, which reads the device.
+TORCH_LIBRARY_IMPL(lowprec, CompositeExplicitAutograd, m) {
+  m.impl("random_bytes", &lowprec::random_bytes);
+}
+
+TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
+  m.impl("quantize_blocks", &lowprec::quantize_blocks_cpu);
+  m.impl("fake_quantize_blocks", &lowprec::fake_quantize_blocks_cpu);
+  m.impl("dequantize_blocks", &lowprec::dequantize_blocks_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

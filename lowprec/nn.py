@@ -53,12 +53,19 @@ class QuantLinear(nn.Module):
     # -- construction -------------------------------------------------------------------
     @staticmethod
     def accepts(module: nn.Module) -> bool:
-        return type(module) is nn.Linear or _is_conv1d(module)
+        """Linear layers (subclasses too, so that the report can say why they are skipped)."""
+        return isinstance(module, nn.Linear) or _is_conv1d(module)
 
     @classmethod
     def from_module(cls, module: nn.Module, recipe: Recipe, name: str = "", seed: int = 0):
         """Wrap ``module`` (nn.Linear or Conv1D) reusing its parameters, or return a reason
         string when its shape cannot be blocked under ``recipe``."""
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            if type(module).__name__ == "NonDynamicallyQuantizableLinear":
+                return ("nn.MultiheadAttention's out_proj: the attention calls its weight functionally, "
+                        "so a replacement module would never run")
+            return (f"{type(module).__name__} subclasses nn.Linear with its own forward; "
+                    "convert it explicitly if its GEMM is a plain x W^T + b")
         if type(module) is nn.Linear:
             in_f, out_f, layout = module.in_features, module.out_features, "out_in"
         elif _is_conv1d(module):

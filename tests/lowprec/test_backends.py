@@ -45,15 +45,16 @@ def test_unavailable_backend_says_why():
     if not torch.cuda.is_available():
         with pytest.raises(lowprec.BackendUnavailable, match="CUDA"):
             lowprec.quantize(torch.zeros(32), "mxfp4", backend="cuda")
-    with pytest.raises(lowprec.BackendUnavailable, match="does not implement 'quantize'"):
-        lowprec.quantize(torch.zeros(32), "mxfp4", backend="cpp")
+    with pytest.raises(lowprec.BackendUnavailable, match="does not implement 'hadamard'"):
+        lowprec.hadamard(torch.zeros(32), 16, backend="cpp")
     with pytest.raises(lowprec.BackendUnavailable, match="unknown backend"):
         lowprec.quantize(torch.zeros(32), "mxfp4", backend="fast")
 
 
 def test_auto_picks_an_implementation_of_the_op():
     assert ops.resolve("random_bytes", "auto", "cpu") is ops.implementations("random_bytes")["cpp"]
-    assert ops.resolve("quantize", "auto", "cpu") is ops.implementations("quantize")["reference"]
+    assert ops.resolve("quantize", "auto", "cpu") is ops.implementations("quantize")["cpp"]
+    assert ops.resolve("hadamard", "auto", "cpu") is ops.implementations("hadamard")["reference"]
 
 
 def test_importing_lowprec_needs_neither_extension_nor_triton():

@@ -1,0 +1,164 @@
+// Element and scale encoding, rounding and decoding: the bit logic of NUMERICS.md, written
+// once for the CPU and CUDA kernels (every function is __host__ __device__). Each function
+// mirrors lowprec/reference (rounding.py, scales.py) operation for operation, in fp32, so
+// that results are bit-exact.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#include "lowprec/philox.h"
+
+namespace lowprec {
+
+// A signed (elements) or unsigned (scales) minifloat grid.
+struct Minifloat {
+  int ebits, mbits, bias;
+  float max;       // largest finite magnitude; conversions saturate to it
+  int nan_code;    // code written for NaN, or -1 when the format has none
+};
+
+enum Rounding : int { kNearest = 0, kStochastic = 1, kZero = 2, kUp = 3 };
+enum ScaleKind : int { kE8M0 = 0, kMinifloatScale = 1, kFp32Scale = 2 };
+enum ScaleRule : int { kFloor = 0, kCeil = 1, kEven = 2, kRceil = 3, kAmax = 4 };
+
+struct BlockFormat {
+  Minifloat elem;
+  int elem_emax;          // floor(log2(elem.max))
+  int scale_kind;         // ScaleKind
+  Minifloat scale;        // for kMinifloatScale
+  int rule;               // ScaleRule
+  int scale_rounding;     // kNearest or kUp (amax rule)
+  int tensor_scale;       // 1: scales carry S_enc
+};
+
+LOWPREC_HD float bits_to_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  __builtin_memcpy(&f, &b, 4);
+  return f;
+#endif
+}
+
+LOWPREC_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  __builtin_memcpy(&b, &f, 4);
+  return b;
+#endif
+}
+
+// 2**e exactly, for e in [-149, 127] (built from the bit pattern).
+LOWPREC_HD float exp2i(int e) {
+  e = e < -149 ? -149 : (e > 127 ? 127 : e);
+  if (e >= -126) return bits_to_float(static_cast<uint32_t>(e + 127) << 23);
+  return bits_to_float(1u << (e + 149));
+}
+
+// floor(log2(a)) for a finite a > 0 (subnormals included).
+LOWPREC_HD int floor_log2(float a) {
+  const uint32_t b = float_to_bits(a) & 0x7FFFFFFFu;
+  const int ef = static_cast<int>(b >> 23);
+  if (ef > 0) return ef - 127;
+  // subnormal: value = m * 2^-149, so floor(log2) = -149 + (index of the top bit of m)
+  uint32_t m = b;
+  int e = -150;
+  while (m) { m >>= 1; ++e; }
+  return e;
+}
+
+// ceil(log2(a)) for a finite a > 0.
+LOWPREC_HD int ceil_log2(float a) {
+  const int f = floor_log2(a);
+  return (a == exp2i(f)) ? f : f + 1;
+}
+
+// Round |x| onto the grid (mode kNearest/kStochastic/kZero/kUp), saturate, restore the sign.
+// NaN stays NaN; rand is the element's Philox byte (stochastic only).
+LOWPREC_HD float round_to_grid(float x, const Minifloat& f, int mode, uint32_t rand) {
+  float a = fabsf(x);
+  if (a > f.max) a = f.max;                 // NaN compares false and stays NaN
+  const int emin = 1 - f.bias;
+  int e = (a > 0.0f) ? floor_log2(a) : emin;   // NaN: floor_log2 reads its bits; result unused
+  if (e < emin) e = emin;
+  const float ulp = exp2i(e - f.mbits);
+  const float q = a / ulp;
+  float r;
+  if (mode == kNearest) {
+    r = rintf(q);                            // ties to even in the default rounding mode
+  } else if (mode == kZero) {
+    r = floorf(q);
+  } else if (mode == kUp) {
+    r = ceilf(q);
+  } else {
+    const float fl = floorf(q);
+    const float frac8 = floorf((q - fl) * 256.0f);
+    r = fl + ((frac8 + static_cast<float>(rand)) >= 256.0f ? 1.0f : 0.0f);
+  }
+  float v = r * ulp;
+  if (v > f.max) v = f.max;
+  return copysignf(v, x);
+}
+
+// Code of a grid value (output of round_to_grid); NaN gives the format's NaN code, or 0.
+LOWPREC_HD uint32_t grid_to_code(float v, const Minifloat& f, bool is_signed) {
+  if (isnan(v)) return f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u;
+  const float a = fabsf(v);
+  const int emin = 1 - f.bias;
+  uint32_t code;
+  if (a < exp2i(emin)) {
+    code = static_cast<uint32_t>(a * exp2i(f.mbits - emin));
+  } else {
+    const int e = floor_log2(a);
+    const uint32_t man = static_cast<uint32_t>(a * exp2i(f.mbits - e)) - (1u << f.mbits);
+    code = (static_cast<uint32_t>(e + f.bias) << f.mbits) | man;
+  }
+  if (is_signed && signbit(v)) code |= 1u << (f.ebits + f.mbits);
+  return code;
+}
+
+// Value of an unsigned minifloat scale code (the caller maps NaN codes beforehand).
+LOWPREC_HD float minifloat_value(uint32_t code, const Minifloat& f) {
+  const uint32_t ef = code >> f.mbits;
+  const uint32_t mf = code & ((1u << f.mbits) - 1u);
+  const float frac = static_cast<float>(mf) * exp2i(-f.mbits);
+  if (ef == 0) return frac * exp2i(1 - f.bias);
+  return (1.0f + frac) * exp2i(static_cast<int>(ef) - f.bias);
+}
+
+// Scale code of a block (uint8 for e8m0/minifloat), given its amax and S_enc.
+// Returns the code; NaN/Inf amax gives the NaN code (0xFF for e8m0).
+LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) {
+  const bool bad = !isfinite(amax);
+  if (fmt.scale_kind == kE8M0) {
+    if (bad) return 0xFFu;
+    float a = fmt.tensor_scale ? amax * s_enc : amax;
+    int shared;
+    if (fmt.rule == kFloor) {
+      shared = (a > 0.0f) ? floor_log2(a) - fmt.elem_emax : -1000;
+    } else if (fmt.rule == kCeil) {
+      shared = (a > 0.0f) ? ceil_log2(a) - fmt.elem_emax : -1000;
+    } else if (fmt.rule == kEven) {
+      if (a > 0.0f) {
+        const float half_ulp = exp2i(floor_log2(a) - fmt.elem.mbits - 1);
+        shared = floor_log2(a + half_ulp) - fmt.elem_emax;
+      } else {
+        shared = -1000;
+      }
+    } else {  // kRceil
+      const float r = a / fmt.elem.max;
+      shared = (r > 0.0f) ? ceil_log2(r) : -1000;
+    }
+    shared = shared < -127 ? -127 : (shared > 127 ? 127 : shared);
+    return static_cast<uint32_t>(shared + 127);
+  }
+  if (bad) return static_cast<uint32_t>(fmt.scale.nan_code);
+  const float scale_hp = (amax / fmt.elem.max) * s_enc;
+  const float v = round_to_grid(scale_hp, fmt.scale, fmt.scale_rounding, 0u);
+  return grid_to_code(v, fmt.scale, false);
+}
+
+}  // namespace lowprec

@@ -1,0 +1,92 @@
+"""Shared glue for block kernels (C++ and Triton): layout, tensor scale, random bytes and
+the packing of kernel outputs, so every fast backend sees the same contiguous fp32 blocks
+[n_blocks, block] and returns the same QuantizedTensor as the reference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..formats import QuantFormat, get_format
+from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
+from ..reference.quantize import check_input
+from ..reference.scales import tensor_encode_scale
+from ..tensor import QuantizedTensor, pack_nibbles
+
+F32 = torch.float32
+ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
+RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
+SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
+
+
+def format_params(fmt: QuantFormat):
+    """(int list, float list) describing a format to a kernel (see csrc/include/lowprec/formats.h)."""
+    e, s = fmt.element, fmt.scale
+    ints = [e.ebits, e.mbits, e.bias, -1 if e.nan_code is None else e.nan_code, e.emax,
+            SCALE_KIND_IDS[s.kind], s.ebits, s.mbits, s.bias, -1 if s.nan_code is None else s.nan_code,
+            RULE_IDS[fmt.scale_rule], 3 if fmt.scale_rounding == "up" else 0, int(fmt.tensor_scale)]
+    floats = [float(e.max), float(s.max) if s.kind == "minifloat" else 0.0]
+    return ints, floats
+
+
+def scale_table(fmt: QuantFormat, device) -> torch.Tensor:
+    return fmt.scale.table(device) if fmt.scale.kind != "fp32" else torch.zeros(1, dtype=F32, device=device)
+
+
+class Prepared:
+    """x in blocks, plus what a kernel needs besides the format."""
+
+    def __init__(self, x: torch.Tensor, fmt, rounding: str, seed, offset: int, strict: bool, nan_policy: str,
+                 amax_tensor: Optional[torch.Tensor], random_bytes):
+        self.fmt = get_format(fmt)
+        check_input(x, rounding, seed, nan_policy)
+        self.x = x
+        self.layout = make_layout(x.shape, self.fmt, strict)
+        xs = to_stored(x.to(F32), self.layout)
+        self.blocks = to_blocks(xs, self.layout).reshape(-1, self.fmt.block_size ** (2 if self.fmt.block_2d else 1))
+        self.blocks = self.blocks.contiguous()
+        self.block_grid = to_blocks(xs, self.layout).shape[:-1]
+        if self.fmt.tensor_scale:
+            amax = x.abs().amax().to(F32) if amax_tensor is None else amax_tensor
+            if x.numel() == 0:
+                amax = torch.zeros((), dtype=F32, device=x.device)
+            self.s_enc = tensor_encode_scale(amax, self.fmt)
+        else:
+            self.s_enc = torch.ones((), dtype=F32, device=x.device)
+        self.rounding = rounding
+        self.seed = 0 if seed is None else int(seed)
+        self.offset = int(offset)
+        # Inline Philox is valid when block order = row-major order of x: 1D blocks along the
+        # last axis with no padding. Otherwise the bytes are drawn and permuted like x.
+        self.inline_rng = (rounding == "stochastic" and not self.fmt.block_2d
+                           and self.layout.axis == x.dim() - 1 and self.layout.stored == tuple(x.shape))
+        self.rand = None
+        if rounding == "stochastic" and not self.inline_rng:
+            r = random_bytes(self.seed, self.offset, x.numel(), x.device).reshape(x.shape)
+            self.rand = to_blocks(to_stored(r, self.layout), self.layout).reshape(self.blocks.shape).contiguous()
+
+    def unblock(self, t: torch.Tensor) -> torch.Tensor:
+        """[n_blocks, block] -> stored layout."""
+        return from_blocks(t.reshape(*self.block_grid, t.shape[-1]), self.layout)
+
+    def to_x_shape(self, t: torch.Tensor) -> torch.Tensor:
+        return from_stored(self.unblock(t), self.layout)
+
+    def per_block(self, t: torch.Tensor) -> torch.Tensor:
+        """[n_blocks] -> [n_blocks, block] broadcast, in x's shape."""
+        return self.to_x_shape(t.unsqueeze(-1).expand(self.blocks.shape))
+
+    def quantized_tensor(self, codes: torch.Tensor, scales: torch.Tensor) -> QuantizedTensor:
+        c = self.unblock(codes)
+        if self.fmt.element.bits == 4:
+            c = pack_nibbles(c)
+        return QuantizedTensor(c.contiguous(), scales.reshape(self.block_grid).contiguous(),
+                               self.s_enc if self.fmt.tensor_scale else None, self.fmt, self.x.shape,
+                               self.x.dtype, self.layout.axis)
+
+
+def int64_bits(v: int) -> int:
+    """Seeds and offsets cross op boundaries as int64; uint64 bit patterns wrap."""
+    v = int(v) & 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >= 1 << 63 else v

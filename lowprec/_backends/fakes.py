@@ -1,0 +1,23 @@
+"""Fake (meta) implementations of the lowprec._C ops, for torch.compile and opcheck."""
+
+import torch
+
+
+def _fake_blocks(xb, rand, scale_table, iparams, fparams, s_enc, rounding, seed, offset, inline_rng):
+    n = xb.shape[0]
+    scale_dtype = torch.float32 if iparams[5] == 2 else torch.uint8
+    return (xb.new_empty(xb.shape, dtype=torch.uint8), xb.new_empty((n,), dtype=scale_dtype),
+            xb.new_empty((n,), dtype=torch.float32))
+
+
+def _fake_fake_blocks(xb, rand, scale_table, iparams, fparams, s_enc, rounding, seed, offset, inline_rng):
+    n = xb.shape[0]
+    return xb.new_empty(xb.shape), xb.new_empty((n,)), xb.new_empty((n,))
+
+
+torch.library.register_fake("lowprec::quantize_blocks")(_fake_blocks)
+torch.library.register_fake("lowprec::fake_quantize_blocks")(_fake_fake_blocks)
+torch.library.register_fake("lowprec::dequantize_blocks")(
+    lambda codes, s_eff, table: codes.new_empty(codes.shape, dtype=torch.float32))
+torch.library.register_fake("lowprec::random_bytes")(
+    lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))

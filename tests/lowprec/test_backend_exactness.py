@@ -1,0 +1,133 @@
+"""Layer 2: every fast backend present, bit for bit against the reference (rtol=0, atol=0),
+over every format, scale rule, block shape, rounding mode, odd shapes and NaN/Inf."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowprec
+from lowprec import formats as F
+from lowprec import ops
+from lowprec.reference import dequantize as ref_dequantize
+from lowprec.reference import quantize as ref_quantize
+from lowprec.reference.fake import fake_quantize_with_scales as ref_fake
+
+FAST_CPU = [b for b in ("cpp", "triton") if ops.backend_status(b)[0] and b in ops.implementations("quantize")]
+
+FORMATS = [F.MXFP4, F.NVFP4, F.UE5M3_FP4, F.MXFP8, F.MXFP6_E2M3, F.MXFP6_E3M2, F.MXFP4.replace(scale="e8m0"),
+           F.MXFP4.replace(scale_rule="ceil"), F.MXFP4.replace(scale_rule="even"), F.MXFP4.replace(scale_rule="rceil"),
+           F.NVFP4.replace(scale_rounding="up"), F.NVFP4.replace(block_2d=True), F.NVFP4.replace(tensor_scale=False),
+           F.UE5M3_FP4.replace(scale=F.ue5m3("ieee")), F.UE5M3_FP4.replace(scale=F.ue5m3("all_finite")),
+           F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax"), F.QuantFormat(F.E5M2, F.E8M0, 32),
+           F.MXFP8.replace(tensor_scale=True, block_size=64)]
+
+
+def equal_nan(a, b):
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a[~torch.isnan(a)], b[~torch.isnan(b)]) \
+        and torch.equal(torch.signbit(a), torch.signbit(b))
+
+
+def assert_same_q(q, r):
+    assert torch.equal(q.codes, r.codes)
+    assert equal_nan(q.scales.float(), r.scales.float()) if q.scales.dtype == torch.float32 else torch.equal(q.scales, r.scales)
+    assert (q.tensor_scale is None) == (r.tensor_scale is None)
+    if q.tensor_scale is not None:
+        assert torch.equal(q.tensor_scale, r.tensor_scale)
+    assert q.shape == r.shape and q.axis == r.axis and q.fmt == r.fmt
+
+
+@pytest.fixture(params=FAST_CPU or [pytest.param(None, marks=pytest.mark.skip(reason="no fast CPU backend is built"))])
+def backend(request):
+    return request.param
+
+
+def data(shape, seed, spread=8, specials=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-spread, spread + 1, shape, generator=g).float())
+    if specials and x.numel() > 4:
+        flat = x.view(-1)
+        flat[0], flat[-1] = math.nan, math.inf
+        flat[x.numel() // 2] = -math.inf
+        flat[1] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "zero"])
+def test_quantize_bit_exact(backend, fmt, rounding):
+    for shape, axis in (((64, 128), -1), ((5, 37), -1), ((48, 20), 0), ((3, 70, 9), 1)):
+        f = fmt if fmt.block_2d else fmt.replace(axis=axis)
+        x = data(shape, len(shape) + shape[0])
+        q = lowprec.quantize(x, f, rounding=rounding, seed=11, offset=(1 << 33) + 5, backend=backend)
+        r = ref_quantize(x, f, rounding=rounding, seed=11, offset=(1 << 33) + 5)
+        assert_same_q(q, r)
+        assert equal_nan(lowprec.dequantize(q, backend=backend), ref_dequantize(r))
+
+
+@pytest.mark.parametrize("fmt", [F.MXFP4, F.NVFP4, F.UE5M3_FP4, F.MXFP8, F.NVFP4.replace(block_2d=True)], ids=str)
+def test_nan_inf_inputs_bit_exact(backend, fmt):
+    x = data((32, 64), 3, specials=True)
+    for rounding in ("nearest", "stochastic"):
+        assert_same_q(lowprec.quantize(x, fmt, rounding=rounding, seed=1, backend=backend),
+                      ref_quantize(x, fmt, rounding=rounding, seed=1))
+        got = ops.resolve("fake_quantize", backend)(x, fmt, rounding=rounding, seed=1)
+        want = ref_fake(x, fmt, rounding=rounding, seed=1)
+        for a, b in zip(got, want):
+            assert equal_nan(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(backend, dtype):
+    x = data((16, 64), 5).to(dtype)
+    assert_same_q(lowprec.quantize(x, "nvfp4", backend=backend), ref_quantize(x, "nvfp4"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(FORMATS), st.integers(1, 3), st.integers(0, 10_000), st.sampled_from([8, 16, 32, 64, 128]),
+       st.sampled_from(["nearest", "stochastic", "zero"]))
+def test_fake_quantize_bit_exact_random_shapes(fmt, ndim, seed, bs, rounding):
+    for backend_name in FAST_CPU:
+        g = torch.Generator().manual_seed(seed)
+        shape = tuple(int(v) for v in torch.randint(1, 40, (ndim,), generator=g))
+        f = fmt.replace(block_size=bs) if not (fmt.block_2d and ndim < 2) else fmt.replace(block_2d=False, block_size=bs)
+        if not f.block_2d:
+            f = f.replace(axis=int(torch.randint(-ndim, ndim, (1,), generator=g)))
+        x = data(shape, seed, spread=12)
+        got = ops.resolve("fake_quantize", backend_name)(x, f, rounding=rounding, seed=seed, offset=seed * 7)
+        want = ref_fake(x, f, rounding=rounding, seed=seed, offset=seed * 7)
+        for a, b in zip(got, want):
+            assert equal_nan(a, b), (backend_name, f, shape)
+
+
+def test_converted_module_identical_on_reference_and_fast_backend(backend):
+    results = []
+    for b in ("reference", backend):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(64, 64)
+        m = lowprec.convert_model(torch.nn.Sequential(lin), lowprec.recipes.get("nvfp4", backend=b), seed=2)
+        x = data((32, 64), 4)
+        c = data((32, 64), 5)
+        y = m(x)
+        (y * c).sum().backward()
+        results.append((y.detach(), lin.weight.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_opcheck_cpp_ops():
+    if "cpp" not in FAST_CPU:
+        pytest.skip("lowprec._C is not built")
+    from lowprec._backends.blocked import format_params
+    x = data((8, 32), 1)
+    for fmt in (F.NVFP4, F.MXFP4, F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax")):
+        ints, floats = format_params(fmt)
+        table = fmt.scale.table() if fmt.scale.kind != "fp32" else torch.zeros(1)
+        for rand, inline in ((None, True), (torch.randint(0, 256, (8, 32), dtype=torch.uint8), False)):
+            args = (x, rand, table, ints, floats, 3.0, 1, 5, 7, inline)
+            torch.library.opcheck(torch.ops.lowprec.quantize_blocks.default, args)
+            torch.library.opcheck(torch.ops.lowprec.fake_quantize_blocks.default, args)
+    codes = torch.randint(0, 16, (8, 32), dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.lowprec.dequantize_blocks.default, (codes, torch.rand(8), F.E2M1.table()))
+    torch.library.opcheck(torch.ops.lowprec.random_bytes.default, (1, 2, 100, torch.device("cpu")))
