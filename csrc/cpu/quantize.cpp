@@ -67,16 +67,51 @@ inline float block_scale(float amax, const Params& p, const float* scale_table, 
   return dec / p.s_enc;
 }
 
-// Random bytes of one block: from the given tensor, or Philox at the flat index blk*bs + j.
+// Random bytes of one block: from the given tensor, or Philox at the flat indices
+// blk*bs + j (one randint4x per 16 elements).
 struct BlockRng {
   const uint8_t* given;
   const Params* p;
   int64_t base;
-  uint8_t byte(int64_t j) const {
-    if (given) return given[j];
-    return random_byte(p->seed, p->offset, static_cast<uint64_t>(base + j));
+  void fill(uint8_t* out, int64_t n) const {
+    if (given) {
+      for (int64_t j = 0; j < n; ++j) out[j] = given[j];
+      return;
+    }
+    int64_t j = 0;
+    while (j < n) {
+      const uint64_t i = static_cast<uint64_t>(base + j);
+      const Uint4x32 r = randint4x(p->seed, p->offset + i / 16);
+      for (int64_t k = static_cast<int64_t>(i % 16); k < 16 && j < n; ++k, ++j) {
+        out[j] = static_cast<uint8_t>(r.w[k / 4] >> (8 * (k % 4)));
+      }
+    }
   }
 };
+
+constexpr int64_t kMaxBlock = 128 * 128;
+
+// x_scaled = x / s (0 when s == 0), rounded on the element grid: the inner loop of every kernel.
+inline void round_block(const float* xr, int64_t bs, float s, const Params& p, const BlockRng& rng, float* v) {
+  if (p.rounding == kStochastic) {
+    uint8_t bytes[kMaxBlock];
+    rng.fill(bytes, bs);
+    for (int64_t j = 0; j < bs; ++j) {
+      const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
+      v[j] = round_element(xs, p.fmt.elem, kStochastic, bytes[j]);
+    }
+  } else if (p.rounding == kNearest) {
+    for (int64_t j = 0; j < bs; ++j) {
+      const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
+      v[j] = round_element(xs, p.fmt.elem, kNearest, 0u);
+    }
+  } else {
+    for (int64_t j = 0; j < bs; ++j) {
+      const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
+      v[j] = round_element(xs, p.fmt.elem, kZero, 0u);
+    }
+  }
+}
 
 template <typename Emit>
 void for_each_block(const at::Tensor& xb, const c10::optional<at::Tensor>& rand, const Params& p,
@@ -131,11 +166,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_blocks_cpu(
     if (fp32_scales) sc32[b] = fp32; else sc8[b] = static_cast<uint8_t>(code);
     sp[b] = s;
     uint8_t* out = cp + b * bs;
-    for (int64_t j = 0; j < bs; ++j) {
-      const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
-      const float v = round_to_grid(xs, p.fmt.elem, p.rounding, p.rounding == kStochastic ? rng.byte(j) : 0u);
-      out[j] = static_cast<uint8_t>(grid_to_code(v, p.fmt.elem, true));
-    }
+    float v[kMaxBlock];
+    round_block(xr, bs, s, p, rng, v);
+    for (int64_t j = 0; j < bs; ++j) out[j] = static_cast<uint8_t>(element_code(v[j], p.fmt.elem));
   });
   return {codes, scales, s_eff};
 }
@@ -159,17 +192,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_blocks_cpu(
     sp[b] = s;
     ap[b] = amax;
     float* out = hp + b * bs;
-    if (p.rounding == kStochastic) {
-      for (int64_t j = 0; j < bs; ++j) {
-        const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
-        out[j] = round_to_grid(xs, p.fmt.elem, kStochastic, rng.byte(j)) * s;
-      }
-    } else {
-      for (int64_t j = 0; j < bs; ++j) {
-        const float xs = (s == 0.0f) ? 0.0f : xr[j] / s;
-        out[j] = round_to_grid(xs, p.fmt.elem, p.rounding, 0u) * s;
-      }
-    }
+    round_block(xr, bs, s, p, rng, out);
+    for (int64_t j = 0; j < bs; ++j) out[j] *= s;
   });
   return {xhat, s_eff, amax_out};
 }

@@ -48,9 +48,13 @@ class Prepared:
         self.blocks = self.blocks.contiguous()
         self.block_grid = to_blocks(xs, self.layout).shape[:-1]
         if self.fmt.tensor_scale:
-            amax = x.abs().amax().to(F32) if amax_tensor is None else amax_tensor
-            if x.numel() == 0:
+            if amax_tensor is not None:
+                amax = amax_tensor
+            elif x.numel() == 0:
                 amax = torch.zeros((), dtype=F32, device=x.device)
+            else:   # max |x| in one pass, NaN propagating: max(-min, max)
+                lo, hi = torch.aminmax(x)
+                amax = torch.maximum(-lo, hi).to(F32)
             self.s_enc = tensor_encode_scale(amax, self.fmt)
         else:
             self.s_enc = torch.ones((), dtype=F32, device=x.device)

@@ -76,6 +76,54 @@ LOWPREC_HD int ceil_log2(float a) {
   return (a == exp2i(f)) ? f : f + 1;
 }
 
+// Binade exponent of an element magnitude a >= 0, clamped below at emin (>= -126): reads the
+// exponent field only, so it is branch-free (fp32 subnormals are below 2^emin anyway).
+LOWPREC_HD int element_exponent(float a, int emin) {
+  const int e = static_cast<int>((float_to_bits(a) >> 23) & 0xFFu) - 127;
+  return e < emin ? emin : e;
+}
+
+// Element rounding on the fast path: identical to round_to_grid for |x| of any value
+// (emin >= -126), written without branches so that the compiler vectorizes the loop.
+LOWPREC_HD float round_element(float x, const Minifloat& f, int mode, uint32_t rand) {
+  float a = fabsf(x);
+  a = a > f.max ? f.max : a;
+  const int e = element_exponent(a, 1 - f.bias);
+  const float ulp = bits_to_float(static_cast<uint32_t>(e - f.mbits + 127) << 23);
+  const float inv_ulp = bits_to_float(static_cast<uint32_t>(f.mbits - e + 127) << 23);
+  const float q = a * inv_ulp;               // exact: a / ulp with ulp a power of two
+  float r;
+  if (mode == kNearest) {
+    r = rintf(q);
+  } else if (mode == kZero) {
+    r = floorf(q);
+  } else {
+    const float fl = floorf(q);
+    const float frac8 = floorf((q - fl) * 256.0f);
+    r = fl + ((frac8 + static_cast<float>(rand)) >= 256.0f ? 1.0f : 0.0f);
+  }
+  float v = r * ulp;
+  v = v > f.max ? f.max : v;
+  return copysignf(v, x);
+}
+
+// Code of an element grid value, branch-free (same result as grid_to_code(v, f, true)).
+LOWPREC_HD uint32_t element_code(float v, const Minifloat& f) {
+  const int emin = 1 - f.bias;
+  const float a = fabsf(v);
+  const int e = element_exponent(a, emin);
+  const bool normal = a >= bits_to_float(static_cast<uint32_t>(emin + 127) << 23);
+  // normal: a / 2^e * 2^m - 2^m; subnormal (e == emin): a / 2^(emin - m); both exact integers
+  const float scaled = a * bits_to_float(static_cast<uint32_t>(f.mbits - e + 127) << 23);
+  // signed int conversions: SSE/AVX2 have no vector float -> uint32 conversion
+  const int32_t man = static_cast<int32_t>(scaled) - (normal ? (1 << f.mbits) : 0);
+  const int32_t exp_field = normal ? e + f.bias : 0;
+  int32_t code = (exp_field << f.mbits) | man;
+  code |= static_cast<int32_t>(float_to_bits(v) >> 31) << (f.ebits + f.mbits);
+  const int32_t nan_code = f.nan_code >= 0 ? f.nan_code : 0;
+  return static_cast<uint32_t>((a != a) ? nan_code : code);
+}
+
 // Round |x| onto the grid (mode kNearest/kStochastic/kZero/kUp), saturate, restore the sign.
 // NaN stays NaN; rand is the element's Philox byte (stochastic only).
 LOWPREC_HD float round_to_grid(float x, const Minifloat& f, int mode, uint32_t rand) {
