@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from functools import lru_cache
 from typing import Callable, Dict
 
@@ -49,6 +50,9 @@ def backend_status(backend: str):
     if backend == "triton":
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed (pip install triton)"
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            return False, ("Triton kernels need a CUDA GPU (TRITON_INTERPRET=1 runs them on the CPU "
+                           "through the interpreter, for tests)")
     if backend == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device is visible to torch"
     try:

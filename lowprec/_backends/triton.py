@@ -1,3 +1,96 @@
-"""Triton kernels are the subject of a later issue; importing this backend says so."""
+"""Registers the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1)."""
 
-raise ImportError("lowprec has no Triton kernels yet (tracked in the fast-backends issue)")
+import os
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks
+from ..reference.philox import random_bytes as reference_random_bytes
+from ..tensor import QuantizedTensor, unpack_nibbles
+from .blocked import ROUNDING_IDS, Prepared, format_params, scale_table
+
+try:
+    import triton
+except ImportError as e:
+    raise ImportError(f"triton is not installed ({e})") from e
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    raise ImportError("Triton kernels need a CUDA GPU; set TRITON_INTERPRET=1 to run them on the CPU (slow, for tests)")
+
+from ..triton.quantize import _block_kernel, _dequant_kernel  # noqa: E402
+
+ROWS = 16
+
+
+def _random_bytes(seed, offset, numel, device):
+    impl = ops.implementations("random_bytes")
+    fn = impl.get("cuda") if torch.device(device).type == "cuda" and "cuda" in impl else impl.get("cpp", reference_random_bytes)
+    if torch.device(device).type == "cpu":
+        return fn(seed, offset, numel, device=device)
+    return reference_random_bytes(seed, offset, numel, device=device)
+
+
+def _run(p: Prepared, write_codes: bool, write_xhat: bool):
+    xb = p.blocks
+    n, bs = xb.shape
+    ints, floats = format_params(p.fmt)
+    dev = xb.device
+    codes = torch.empty(xb.shape, dtype=torch.uint8, device=dev) if write_codes else xb.new_empty(0, dtype=torch.uint8)
+    scales = torch.empty(n, dtype=torch.float32 if ints[5] == 2 else torch.uint8, device=dev) if write_codes \
+        else xb.new_empty(0, dtype=torch.uint8)
+    xhat = torch.empty_like(xb) if write_xhat else xb.new_empty(0)
+    amax = torch.empty(n, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0)
+    s_eff = torch.empty(n, dtype=torch.float32, device=dev)
+    rand = p.rand if p.rand is not None else xb.new_empty(0, dtype=torch.uint8)
+    bs_p2 = triton.next_power_of_2(bs)
+    _block_kernel[(triton.cdiv(n, ROWS),)](
+        xb, rand, scale_table(p.fmt, dev), codes, scales, xhat, s_eff, amax,
+        n, float(p.s_enc), p.seed, p.offset,
+        BS=bs, BS_P2=bs_p2, ROWS=ROWS,
+        E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0), E_EMAX=ints[4],
+        S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
+        RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
+        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat)
+    return codes, scales, xhat, s_eff, amax
+
+
+def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor) -> Prepared:
+    p = Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes)
+    if p.fmt.scale.kind == "minifloat" and not p.fmt.scale.has_nan and bool((~torch.isfinite(p.blocks)).any()):
+        raise ValueError(f"a block holds NaN or Inf, and {p.fmt.scale!r} scales have no NaN code to mark it")
+    return p
+
+
+@ops.register("quantize", "triton")
+def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=False, nan_policy="propagate",
+             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
+    p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor)
+    codes, scales, _, _, _ = _run(p, True, False)
+    return p.quantized_tensor(codes, scales)
+
+
+@ops.register("fake_quantize", "triton")
+def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
+                              amax_tensor: Optional[torch.Tensor] = None):
+    p = _prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor)
+    _, _, xhat, s_eff, amax = _run(p, False, True)
+    return p.to_x_shape(xhat), p.per_block(s_eff), p.per_block(amax)
+
+
+@ops.register("dequantize", "triton")
+def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
+    layout = make_layout(q.shape, q.fmt)
+    codes = unpack_nibbles(q.codes) if q.packed else q.codes
+    bs = q.fmt.block_size ** (2 if q.fmt.block_2d else 1)
+    blocks = to_blocks(codes, layout)
+    grid = blocks.shape[:-1]
+    s_eff = q.scales.to(torch.float32) if q.fmt.scale.kind == "fp32" else q.fmt.scale.table(q.device)[q.scales.long()]
+    if q.tensor_scale is not None:
+        s_eff = s_eff / q.tensor_scale
+    cb = blocks.reshape(-1, bs).contiguous()
+    out = torch.empty(cb.shape, dtype=torch.float32, device=cb.device)
+    _dequant_kernel[(triton.cdiv(cb.shape[0], ROWS),)](cb, s_eff.reshape(-1).contiguous(), q.fmt.element.table(cb.device),
+                                                       out, cb.shape[0], BS=bs, BS_P2=triton.next_power_of_2(bs), ROWS=ROWS)
+    return from_stored(from_blocks(out.reshape(*grid, bs), layout), layout).to(dtype or q.dtype)

@@ -1,0 +1,81 @@
+"""CPU quantize + dequantize throughput, 4096x4096 fp32, side by side in one run:
+lowprec reference, lowprec C++ (cpp), and torchao's CPU path (torchao.prototype.mx_formats,
+optional: skipped with a note when it is not installed).
+
+Usage: python benchmarks/bench_cpu_quantize.py [--size 4096] [--repeats 3]
+"""
+
+import argparse
+import warnings
+
+import torch
+
+import lowprec
+from lowprec.bench.harness import print_table, time_fn, write_results
+
+
+def torchao_fns(fmt: str):
+    """(quantize, dequantize) closures of torchao's CPU path, or None when unavailable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.prototype.mx_formats.mx_tensor import MXTensor
+            from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
+    except Exception as e:  # noqa: BLE001 - any import failure means "not measurable here"
+        return None, f"torchao not importable: {type(e).__name__}: {e}"
+    if fmt == "mxfp4":
+        return (lambda x: MXTensor.to_mx(x, torch.float4_e2m1fn_x2, 32),
+                lambda q: q.dequantize(torch.float32)), "MXTensor.to_mx (floor, emulated)"
+    return (lambda x: NVFP4Tensor.to_nvfp4(x, 16, per_tensor_scale=per_tensor_amax_to_scale(x.abs().amax())),
+            lambda q: q.dequantize(torch.float32)), "NVFP4Tensor.to_nvfp4 (with per-tensor scale)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    x = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0))
+    n = x.numel()
+    rows, notes = [], {}
+    for fmt in ("mxfp4", "nvfp4"):
+        for rounding in ("nearest", "stochastic"):
+            for backend in ("reference", "cpp"):
+                if backend not in lowprec.available_backends():
+                    notes[backend] = "not built"
+                    continue
+                q = lowprec.quantize(x, fmt, rounding=rounding, seed=0, backend=backend)
+                tq = time_fn(lambda: lowprec.quantize(x, fmt, rounding=rounding, seed=0, backend=backend),
+                             repeats=args.repeats)
+                td = time_fn(lambda: lowprec.dequantize(q, backend=backend), repeats=args.repeats)
+                rows.append(dict(impl=f"lowprec-{backend}", format=fmt, rounding=rounding,
+                                 quantize_melem_s=n / tq["median_s"] / 1e6,
+                                 dequantize_melem_s=n / td["median_s"] / 1e6,
+                                 roundtrip_melem_s=n / (tq["median_s"] + td["median_s"]) / 1e6))
+            if rounding == "nearest":
+                (fns, why) = torchao_fns(fmt)
+                if fns is None:
+                    notes["torchao"] = why
+                    continue
+                quant, deq = fns
+                q = quant(x)
+                tq = time_fn(lambda: quant(x), repeats=args.repeats)
+                td = time_fn(lambda: deq(q), repeats=args.repeats)
+                notes[f"torchao-{fmt}"] = why
+                rows.append(dict(impl="torchao", format=fmt, rounding=rounding,
+                                 quantize_melem_s=n / tq["median_s"] / 1e6,
+                                 dequantize_melem_s=n / td["median_s"] / 1e6,
+                                 roundtrip_melem_s=n / (tq["median_s"] + td["median_s"]) / 1e6))
+    for r in rows:
+        peer = next((p for p in rows if p["impl"] == "torchao" and p["format"] == r["format"]), None)
+        r["roundtrip_vs_torchao"] = r["roundtrip_melem_s"] / peer["roundtrip_melem_s"] if peer else None
+    print_table(rows, ["impl", "format", "rounding", "quantize_melem_s", "dequantize_melem_s",
+                       "roundtrip_melem_s", "roundtrip_vs_torchao"])
+    for k, v in notes.items():
+        print(f"note: {k}: {v}")
+    print("torchao's CPU path has no stochastic rounding to compare against.")
+    print(f"wrote {write_results('cpu_quantize_vs_torchao', rows, extra={'notes': notes, 'shape': [args.size] * 2})}")
+
+
+if __name__ == "__main__":
+    main()

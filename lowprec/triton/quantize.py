@@ -1,0 +1,171 @@
+"""Block quantization in Triton, mirroring csrc/include/lowprec/formats.h and
+lowprec/reference operation for operation (bit-exact):
+
+  amax_b  = max |x| over the block (NaN propagates)
+  code_b  = scale rule(amax_b, S_enc);  s_b = decode(code_b) / S_enc     (div_rn: IEEE division)
+  x_s     = x / s_b (0 where s_b == 0), rounded on the element grid (nearest-even, stochastic
+            with Philox byte R: up iff floor(256 frac) + R >= 256, or toward zero), saturated.
+
+Inputs are contiguous fp32 blocks [n_blocks, BS]; each program takes ROWS blocks.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _exp2i(e):
+    """2**e for e in the fp32 normal range, from the bit pattern."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp_field(a):
+    """floor(log2(a)) for normal a (subnormals read as -127)."""
+    return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _round_grid(x, EBITS: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, MAXV: tl.constexpr,
+                MODE: tl.constexpr, rand):
+    """Round onto a minifloat grid (MODE 0 nearest-even, 1 stochastic, 2 zero, 3 up), saturate, keep the sign."""
+    a = tl.abs(x)
+    a = tl.where(a > MAXV, MAXV, a)
+    e = tl.maximum(_exp_field(a), 1 - BIAS)
+    ulp = _exp2i(e - MBITS)
+    q = a * _exp2i(MBITS - e)
+    fl = tl.floor(q)
+    d = q - fl
+    if MODE == 0:
+        odd = fl - 2.0 * tl.floor(fl * 0.5)
+        r = fl + tl.where((d > 0.5) | ((d == 0.5) & (odd == 1.0)), 1.0, 0.0)
+    elif MODE == 1:
+        frac8 = tl.floor(d * 256.0)
+        r = fl + tl.where(frac8 + rand.to(tl.float32) >= 256.0, 1.0, 0.0)
+    elif MODE == 2:
+        r = fl
+    else:
+        r = fl + tl.where(d > 0.0, 1.0, 0.0)
+    v = r * ulp
+    v = tl.where(v > MAXV, MAXV, v)
+    sign = x.to(tl.int32, bitcast=True) & (-2147483648)
+    return (v.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _grid_code(v, EBITS: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, NAN_CODE: tl.constexpr,
+               SIGNED: tl.constexpr):
+    a = tl.abs(v)
+    emin = 1 - BIAS
+    e = tl.maximum(_exp_field(a), emin)
+    normal = a >= _exp2i(emin + 0 * e)
+    scaled = a * _exp2i(MBITS - e)
+    man = scaled.to(tl.int32) - tl.where(normal, 1 << MBITS, 0)
+    code = (tl.where(normal, e + BIAS, 0) << MBITS) | man
+    if SIGNED:
+        code = code | (((v.to(tl.int32, bitcast=True) >> 31) & 1) << (EBITS + MBITS))
+    return tl.where(a != a, NAN_CODE, code)
+
+
+@triton.jit
+def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_ptr, seff_ptr, amax_ptr,
+                  n_blocks, s_enc, seed, offset,
+                  BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr,
+                  E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
+                  E_NAN: tl.constexpr, E_EMAX: tl.constexpr,
+                  S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
+                  S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
+                  TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
+                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BS_P2)
+    row_ok = rows < n_blocks
+    mask = row_ok[:, None] & (cols < BS)[None, :]
+    idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0)
+
+    # block amax, NaN propagating
+    a = tl.abs(x)
+    isnan = a != a
+    amax = tl.max(tl.where(isnan, 0.0, a), axis=1)
+    has_nan = tl.max(isnan.to(tl.int32), axis=1) > 0
+    amax = tl.where(has_nan, float("nan"), amax)
+    bad = (amax != amax) | (amax == float("inf"))
+
+    # scale code and effective scale
+    if S_KIND == 0:  # e8m0
+        am = tl.where(bad, 0.0, amax)
+        if TENSOR_SCALE:
+            am = am * s_enc
+        f = _exp_field(am)
+        mant = am.to(tl.int32, bitcast=True) & 0x7FFFFF
+        if RULE == 0:
+            shared = f - E_EMAX
+        elif RULE == 1:
+            shared = f + tl.where(mant != 0, 1, 0) - E_EMAX
+        elif RULE == 2:
+            half_ulp = _exp2i(tl.maximum(f - E_MBITS - 1, -126))
+            shared = _exp_field(am + half_ulp) - E_EMAX
+        else:
+            r = tl.math.div_rn(am, E_MAX)
+            fr = _exp_field(r)
+            mr = r.to(tl.int32, bitcast=True) & 0x7FFFFF
+            shared = tl.where(fr > -127, fr + tl.where(mr != 0, 1, 0), tl.where(r > 5.877471754111438e-39, -126, -127))
+        shared = tl.where(am > 0.0, shared, -1000)
+        code = tl.minimum(tl.maximum(shared, -127), 127) + 127
+        code = tl.where(bad, 255, code)
+        dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
+    elif S_KIND == 1:  # unsigned minifloat, amax rule
+        scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
+        v = _round_grid(tl.where(bad, 0.0, scale_hp), S_EBITS, S_MBITS, S_BIAS, S_MAX, S_ROUND, 0)
+        code = _grid_code(v, S_EBITS, S_MBITS, S_BIAS, 0, False)
+        code = tl.where(bad, S_NAN, code)
+        dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
+    else:  # fp32 scales
+        scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
+        dec = scale_hp
+    s = tl.math.div_rn(dec, s_enc + 0.0 * dec)
+
+    # elements
+    sb = s[:, None] + 0.0 * x
+    xs = tl.where(sb == 0.0, 0.0, tl.math.div_rn(x, sb))
+    if ROUNDING == 1:
+        if INLINE_RNG:
+            counter = offset + idx // 16
+            r0, r1, r2, r3 = tl.randint4x(seed, counter)
+            k = idx % 16
+            word = tl.where(k < 4, r0, tl.where(k < 8, r1, tl.where(k < 12, r2, r3)))
+            rbyte = (word >> ((k % 4) * 8).to(tl.uint32)) & 0xFF
+        else:
+            rbyte = tl.load(rand_ptr + idx, mask=mask, other=0)
+    else:
+        rbyte = 0
+    v = _round_grid(xs, E_EBITS, E_MBITS, E_BIAS, E_MAX, ROUNDING, rbyte)
+
+    if WRITE_CODES:
+        c = _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True)
+        tl.store(codes_ptr + idx, c.to(tl.uint8), mask=mask)
+        if S_KIND == 2:
+            tl.store(scales_ptr + rows, dec, mask=row_ok)
+        else:
+            tl.store(scales_ptr + rows, code.to(tl.uint8), mask=row_ok)
+    if WRITE_XHAT:
+        tl.store(xhat_ptr + idx, v * sb, mask=mask)
+        tl.store(amax_ptr + rows, amax, mask=row_ok)
+    tl.store(seff_ptr + rows, s, mask=row_ok)
+
+
+@triton.jit
+def _dequant_kernel(codes_ptr, seff_ptr, table_ptr, out_ptr, n_blocks,
+                    BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BS_P2)
+    row_ok = rows < n_blocks
+    mask = row_ok[:, None] & (cols < BS)[None, :]
+    idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
+    c = tl.load(codes_ptr + idx, mask=mask, other=0).to(tl.int32)
+    s = tl.load(seff_ptr + rows, mask=row_ok, other=0.0)
+    v = tl.load(table_ptr + c, mask=mask, other=0.0)
+    tl.store(out_ptr + idx, v * s[:, None], mask=mask)
