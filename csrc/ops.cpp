@@ -13,6 +13,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_blocks_cpu(
     c10::IntArrayRef iparams, c10::ArrayRef<double> fparams, double s_enc, int64_t rounding, int64_t seed,
     int64_t offset, bool inline_rng);
 at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_eff, const at::Tensor& elem_table);
+at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
 #ifdef LOWPREC_WITH_CUDA
 at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::Device device);
 #endif
@@ -35,6 +36,7 @@ TORCH_LIBRARY(lowprec, m) {
   m.def("fake_quantize_blocks(Tensor xb, Tensor? rand, Tensor scale_table, int[] iparams, float[] fparams, "
         "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
   m.def("dequantize_blocks(Tensor codes, Tensor s_eff, Tensor elem_table) -> Tensor");
+  m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
 }
 
 // No tensor argument to dispatch on: one kernel for every backend, which reads the device.
@@ -46,6 +48,7 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("quantize_blocks", &lowprec::quantize_blocks_cpu);
   m.impl("fake_quantize_blocks", &lowprec::fake_quantize_blocks_cpu);
   m.impl("dequantize_blocks", &lowprec::dequantize_blocks_cpu);
+  m.impl("hadamard_rows", &lowprec::hadamard_rows_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

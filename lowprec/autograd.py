@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from . import ops
 from .library import fake_quantize_op, format_to_json
 from .recipe import OperandConfig, Recipe
 from .reference.hadamard import hadamard_transform
@@ -47,6 +48,7 @@ class LinearPlan(NamedTuple):
     estimator: str
     backend: str
     reuse_weight: bool   # dgrad may reuse fprop's quantized W (same 2D tiles, no transform)
+    hadamard_impls: tuple  # ((device type, transform fn), ...) resolved when the plan is built
 
 
 def _operand_plan(op: OperandConfig, axis: int) -> OperandPlan:
@@ -66,7 +68,22 @@ def plan_for(recipe: Recipe) -> LinearPlan:
              and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
     return LinearPlan(tuple(_operand_plan(o, a) for o, a in zip(ops_, SLOT_AXES)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
-                      recipe.estimator, recipe.backend, reuse)
+                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe))
+
+
+def _hadamard_impls(recipe: Recipe) -> tuple:
+    """The Hadamard kernel per device type, resolved now (outside any torch.compile trace)."""
+    if not any(g.hadamard for g in (recipe.fprop, recipe.dgrad, recipe.wgrad)):
+        return ()
+    impls = []
+    for dev in ("cpu", "cuda"):
+        try:
+            impls.append((dev, ops.resolve("hadamard", recipe.hadamard_backend, dev)))
+        except ops.BackendUnavailable:
+            continue
+    if not impls:
+        ops.resolve("hadamard", recipe.hadamard_backend, "cpu")   # raises, saying why
+    return tuple(impls)
 
 
 def counters_needed(n_elements: int) -> int:
@@ -95,12 +112,19 @@ def _hadamard_seed(layer_seed: int, gemm_index: int) -> int:
 
 
 def _transform(t: torch.Tensor, hadamard: tuple, axis: int, layer_seed: int, gemm_index: int,
-               inverse: bool = False) -> torch.Tensor:
+               inverse: bool = False, impls: tuple = ()) -> torch.Tensor:
+    """Block Hadamard along ``axis`` with the plan's kernel for t's device (reference if none given)."""
     size, random = hadamard
     if not size:
         return t
     seed = _hadamard_seed(layer_seed, gemm_index) if random else None
-    return hadamard_transform(t, size, axis=axis, seed=seed, inverse=inverse)
+    fn = hadamard_transform
+    if impls:
+        found = [f for dev, f in impls if dev == t.device.type]
+        if not found:
+            raise ops.BackendUnavailable(f"no Hadamard kernel for {t.device.type} in this recipe's hadamard_backend")
+        fn = found[0]
+    return fn(t, size, axis=axis, seed=seed, inverse=inverse)
 
 
 def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_offset: int,
@@ -122,9 +146,9 @@ class QuantLinearFunction(torch.autograd.Function):
         out_f = weight.shape[0]
         offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
         ops_, had = plan.operands, plan.hadamard
-        xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0), ops_[0], rng, offsets[0],
+        xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0, impls=plan.hadamard_impls), ops_[0], rng, offsets[0],
                                         plan.estimator, plan.backend)
-        wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0), ops_[1], rng, offsets[1],
+        wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0, impls=plan.hadamard_impls), ops_[1], rng, offsets[1],
                                         plan.estimator, plan.backend)
         y = xq @ wq.t()
         if bias is not None:
@@ -142,15 +166,15 @@ class QuantLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
 
         if ctx.needs_input_grad[0]:
-            dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1), ops_[2], rng, offsets[2], "ste", backend)
+            dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1, impls=plan.hadamard_impls), ops_[2], rng, offsets[2], "ste", backend)
             if wq_reused is not None:
                 wq = wq_reused
             else:
-                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1), ops_[3], rng, offsets[3],
+                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=plan.hadamard_impls), ops_[3], rng, offsets[3],
                                          "ste", backend)
             grad_x = dyq @ wq
             if x_factor is not None:
-                grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed)
+                grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed, plan.hadamard_impls)
             grad_x = grad_x.to(x_dtype)
 
         if ctx.needs_input_grad[1]:
@@ -159,11 +183,11 @@ class QuantLinearFunction(torch.autograd.Function):
             if pad:
                 dy_w = torch.nn.functional.pad(dy_w, (0, 0, 0, pad))
                 x_w = torch.nn.functional.pad(x_w, (0, 0, 0, pad))
-            dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2), ops_[4], rng, offsets[4], "ste", backend)
-            xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2), ops_[5], rng, offsets[5], "ste", backend)
+            dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2, impls=plan.hadamard_impls), ops_[4], rng, offsets[4], "ste", backend)
+            xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2, impls=plan.hadamard_impls), ops_[5], rng, offsets[5], "ste", backend)
             grad_w = dyq.t() @ xq
             if w_factor is not None:
-                grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed)
+                grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed, plan.hadamard_impls)
             grad_w = grad_w.to(w_dtype)
 
         if has_bias and ctx.needs_input_grad[2]:
@@ -171,12 +195,13 @@ class QuantLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, layer_seed: int) -> torch.Tensor:
+def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, layer_seed: int,
+                  impls: tuple) -> torch.Tensor:
     """Multiply by the forward quantizer's df/dx in the fprop (transformed) domain, and map back."""
     if not hadamard[0]:
         return grad * factor
-    g_t = _transform(grad, hadamard, -1, layer_seed, 0) * factor
-    return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True)
+    g_t = _transform(grad, hadamard, -1, layer_seed, 0, impls=impls) * factor
+    return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
 
 
 def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], recipe,

@@ -95,7 +95,8 @@ class GemmConfig:
 @dataclass(frozen=True)
 class Recipe:
     """fprop (X, W), dgrad (dY, W), wgrad (dY, X) configs, a gradient estimator for the
-    forward quantizers, and the backend that runs the quantizers."""
+    forward quantizers, the backend that runs the quantizers, and the one that runs the
+    Hadamard transforms (kept apart: not every quantizer backend has a Hadamard kernel)."""
 
     name: str = "custom"
     fprop: GemmConfig = field(default_factory=GemmConfig)
@@ -103,6 +104,7 @@ class Recipe:
     wgrad: GemmConfig = field(default_factory=GemmConfig)
     estimator: str = "ste"
     backend: str = "auto"
+    hadamard_backend: str = "auto"
 
     def __post_init__(self):
         for name in ("fprop", "dgrad", "wgrad"):
@@ -115,7 +117,8 @@ class Recipe:
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"name": self.name, "fprop": self.fprop.to_dict(), "dgrad": self.dgrad.to_dict(),
-                "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend}
+                "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend,
+                "hadamard_backend": self.hadamard_backend}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -10,3 +10,27 @@ from . import fakes  # noqa: E402,F401  (fake implementations for torch.compile 
 from .extension_ops import register_block_ops  # noqa: E402
 
 register_block_ops("cpp", "cpu")
+
+
+def _cpp_chunks(chunks, n, signs, inverse):
+    """fp32 chunks through the C++ kernel; other dtypes (fp64) through the reference's torch ops."""
+    if chunks.dtype != torch.float32:
+        return torch_chunks(chunks, n, signs, inverse)
+    flat = chunks.reshape(-1, n).contiguous()
+    return torch.ops.lowprec.hadamard_rows(flat, n, signs, inverse).reshape(chunks.shape)
+
+
+def hadamard(x, block_size, axis=-1, seed=None, signs=None, inverse=False):
+    if x.device.type != "cpu":
+        from .. import ops
+        raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
+    signs = resolve_signs(x, block_size, seed, signs)
+    return BlockHadamard.apply(x, block_size, axis, signs, inverse, _cpp_chunks)
+
+
+import torch  # noqa: E402
+
+from .. import ops as _ops  # noqa: E402
+from ..reference.hadamard import BlockHadamard, resolve_signs, torch_chunks  # noqa: E402
+
+_ops.register("hadamard", "cpp")(hadamard)

@@ -21,3 +21,4 @@ torch.library.register_fake("lowprec::dequantize_blocks")(
     lambda codes, s_eff, table: codes.new_empty(codes.shape, dtype=torch.float32))
 torch.library.register_fake("lowprec::random_bytes")(
     lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))
+torch.library.register_fake("lowprec::hadamard_rows")(lambda x, n, signs, inverse: torch.empty_like(x))

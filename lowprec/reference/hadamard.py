@@ -58,7 +58,19 @@ def fwht_last(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _apply(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], inverse: bool) -> torch.Tensor:
+def torch_chunks(chunks: torch.Tensor, n: int, signs: Optional[torch.Tensor], inverse: bool) -> torch.Tensor:
+    """The transform of every row of ``chunks`` [..., n] (already in the compute dtype)."""
+    if signs is not None and inverse:
+        chunks = chunks * signs
+    y = fwht_last(chunks) * (1.0 / math.sqrt(n))
+    if signs is not None and not inverse:
+        y = y * signs
+    return y
+
+
+def apply_blockwise(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], inverse: bool,
+                    chunk_fn=torch_chunks) -> torch.Tensor:
+    """Move ``axis`` last, cut it into chunks of n, transform them with ``chunk_fn``, put back."""
     if x.dtype not in _COMPUTE:
         raise TypeError(f"hadamard takes float32/float16/bfloat16/float64 input, got {x.dtype}")
     check_size(n)
@@ -70,31 +82,25 @@ def _apply(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], in
     xm = x.movedim(axis, -1).to(cdt)
     chunks = xm.reshape(*xm.shape[:-1], length // n, n)
     s = None if signs is None else signs.to(device=x.device, dtype=cdt)
-    if s is not None and inverse:
-        chunks = chunks * s
-    y = fwht_last(chunks) * (1.0 / math.sqrt(n))
-    if s is not None and not inverse:
-        y = y * s
+    y = chunk_fn(chunks, n, s, inverse)
     return y.reshape(xm.shape).movedim(-1, axis).to(x.dtype)
 
 
-class _Hadamard(torch.autograd.Function):
+class BlockHadamard(torch.autograd.Function):
     """y = M x per chunk; dL/dx = M^T dL/dy (the inverse transform)."""
 
     @staticmethod
-    def forward(ctx, x, n, axis, signs, inverse):
-        ctx.args = (n, axis, signs, inverse)
-        return _apply(x, n, axis, signs, inverse)
+    def forward(ctx, x, n, axis, signs, inverse, chunk_fn):
+        ctx.args = (n, axis, signs, inverse, chunk_fn)
+        return apply_blockwise(x, n, axis, signs, inverse, chunk_fn)
 
     @staticmethod
     def backward(ctx, grad):
-        n, axis, signs, inverse = ctx.args
-        return _apply(grad, n, axis, signs, not inverse), None, None, None, None
+        n, axis, signs, inverse, chunk_fn = ctx.args
+        return apply_blockwise(grad, n, axis, signs, not inverse, chunk_fn), None, None, None, None, None
 
 
-def hadamard_transform(x: torch.Tensor, block_size: int, axis: int = -1, seed: Optional[int] = None,
-                       signs: Optional[torch.Tensor] = None, inverse: bool = False) -> torch.Tensor:
-    """Block-diagonal (randomized when ``seed`` or ``signs`` is given) Hadamard transform."""
+def resolve_signs(x: torch.Tensor, block_size: int, seed: Optional[int], signs: Optional[torch.Tensor]):
     if seed is not None and signs is not None:
         raise ValueError("give either seed or signs, not both")
     check_size(block_size)
@@ -102,4 +108,11 @@ def hadamard_transform(x: torch.Tensor, block_size: int, axis: int = -1, seed: O
         signs = random_signs(seed, block_size, device=x.device)
     if signs is not None and signs.shape != (block_size,):
         raise ValueError(f"signs must have shape ({block_size},), got {tuple(signs.shape)}")
-    return _Hadamard.apply(x, block_size, axis, signs, inverse)
+    return signs
+
+
+def hadamard_transform(x: torch.Tensor, block_size: int, axis: int = -1, seed: Optional[int] = None,
+                       signs: Optional[torch.Tensor] = None, inverse: bool = False) -> torch.Tensor:
+    """Block-diagonal (randomized when ``seed`` or ``signs`` is given) Hadamard transform."""
+    signs = resolve_signs(x, block_size, seed, signs)
+    return BlockHadamard.apply(x, block_size, axis, signs, inverse, torch_chunks)

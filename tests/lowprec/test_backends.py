@@ -61,8 +61,11 @@ def test_unavailable_backend_says_why():
     if not torch.cuda.is_available():
         with pytest.raises(lowprec.BackendUnavailable, match="CUDA"):
             lowprec.quantize(torch.zeros(32), "mxfp4", backend="cuda")
-    with pytest.raises(lowprec.BackendUnavailable, match="does not implement 'hadamard'"):
-        lowprec.hadamard(torch.zeros(32), 16, backend="cpp")
+    missing = [(op, b) for b in lowprec.available_backends() for op in ("quantize", "hadamard", "random_bytes")
+               if b not in ops.implementations(op)]
+    for op, b in missing:
+        with pytest.raises(lowprec.BackendUnavailable, match=f"does not implement '{op}'"):
+            ops.resolve(op, b)
     with pytest.raises(lowprec.BackendUnavailable, match="unknown backend"):
         lowprec.quantize(torch.zeros(32), "mxfp4", backend="fast")
 
@@ -70,7 +73,7 @@ def test_unavailable_backend_says_why():
 def test_auto_picks_an_implementation_of_the_op():
     assert ops.resolve("random_bytes", "auto", "cpu") is ops.implementations("random_bytes")["cpp"]
     assert ops.resolve("quantize", "auto", "cpu") is ops.implementations("quantize")["cpp"]
-    assert ops.resolve("hadamard", "auto", "cpu") is ops.implementations("hadamard")["reference"]
+    assert ops.resolve("hadamard", "auto", "cpu") is ops.implementations("hadamard")["cpp"]
 
 
 def test_importing_lowprec_needs_neither_extension_nor_triton():
@@ -94,3 +97,19 @@ def test_cuda_sources_compile(src, arch, tmp_path):
            f"-gencode=arch=compute_{arch[3:]},code={arch}", str(src), "-o", str(tmp_path / "k.o")]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("n", [2, 16, 64, 128, 1024])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_cpp_hadamard_bit_exact(n, inverse):
+    if "cpp" not in lowprec.available_backends():
+        pytest.skip("lowprec._C is not built")
+    x = torch.randn(6, 2 * n, 3, generator=torch.Generator().manual_seed(n))
+    for seed in (None, 4):
+        ref = lowprec.hadamard(x, n, axis=1, seed=seed, inverse=inverse, backend="reference")
+        got = lowprec.hadamard(x, n, axis=1, seed=seed, inverse=inverse, backend="cpp")
+        assert torch.equal(ref, got)
+    xg = x.clone().requires_grad_(True)
+    c = torch.randn_like(x)
+    (lowprec.hadamard(xg, n, axis=1, seed=2, backend="cpp") * c).sum().backward()
+    assert torch.equal(xg.grad, lowprec.hadamard(c, n, axis=1, seed=2, inverse=True, backend="reference"))
