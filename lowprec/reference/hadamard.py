@@ -14,6 +14,7 @@ the Philox stream (seed, offset 0) of NUMERICS.md.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -40,7 +41,13 @@ def sylvester(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
 
 
 def random_signs(seed: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """s in {-1, +1}^n from the Philox stream of ``seed``."""
+    """s in {-1, +1}^n from the Philox stream of ``seed`` (cached: layers reuse their signs
+    every step; the returned tensor must not be modified in place)."""
+    return _cached_signs(int(seed), int(n), str(torch.device(device or "cpu")), dtype)
+
+
+@lru_cache(maxsize=4096)
+def _cached_signs(seed: int, n: int, device: str, dtype) -> torch.Tensor:
     bits = (random_bytes(seed, 0, n, device=device) & 1).to(dtype)
     return 1.0 - 2.0 * bits
 

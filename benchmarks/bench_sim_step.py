@@ -1,0 +1,66 @@
+"""Training-step time of the `lowprec simulate` model under each recipe, over its bf16 step,
+on this CPU (the quantizers run on --backend, default auto = C++ when built).
+
+Usage: python benchmarks/bench_sim_step.py [--steps 20] [--backend auto] [--profile nvfp4]
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import lowprec
+from lowprec.bench.harness import print_table, write_results
+from lowprec.sim.data import ByteCorpus
+from lowprec.sim.model import TinyLM, TinyLMConfig, keep_head_high_precision
+
+
+def step_time(recipe, steps, corpus, cfg, batch):
+    torch.manual_seed(0)
+    model = lowprec.convert_model(TinyLM(cfg), recipe, module_filter_fn=keep_head_high_precision)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(steps + 2):
+        x, y = corpus.batch("train", batch, cfg.seq_len, g)
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--profile", default=None, help="print a torch.profiler table for this recipe")
+    args = ap.parse_args()
+    cfg = TinyLMConfig()
+    corpus = ByteCorpus()
+    rows = []
+    for name in lowprec.recipes.names():
+        recipe = lowprec.recipes.get(name, backend=args.backend)
+        rows.append(dict(recipe=name, backend=args.backend, step_ms=1e3 * step_time(recipe, args.steps, corpus, cfg,
+                                                                                  args.batch_size)))
+    base = next(r["step_ms"] for r in rows if r["recipe"] == "bf16")
+    for r in rows:
+        r["over_bf16"] = r["step_ms"] / base
+    print_table(rows, ["recipe", "backend", "step_ms", "over_bf16"])
+    print(f"wrote {write_results(f'sim_step_{args.backend}_cpu', rows, extra={'model': str(cfg), 'batch': args.batch_size})}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        recipe = lowprec.recipes.get(args.profile, backend=args.backend)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step_time(recipe, 3, corpus, cfg, args.batch_size)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
