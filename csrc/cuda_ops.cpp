@@ -1,6 +1,6 @@
 // CUDA bindings (built only with LOWPREC_BUILD_CUDA): wraps the torch-free launchers and
 // registers them as the CUDA implementations of the lowprec ops declared in ops.cpp.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -21,7 +21,7 @@ at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::D
   c10::cuda::CUDAGuard guard(device);
   auto out = at::empty({numel}, at::TensorOptions().dtype(at::kByte).device(device));
   auto err = launch_random_bytes(out.data_ptr<uint8_t>(), static_cast<uint64_t>(seed),
-                                 static_cast<uint64_t>(offset), numel, at::cuda::getCurrentCUDAStream());
+                                 static_cast<uint64_t>(offset), numel, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "lowprec::random_bytes: ", cudaGetErrorString(err));
   return out;
 }
@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& xb, const c
       write_codes && f.scale_kind != kFp32Scale ? scales.data_ptr<uint8_t>() : nullptr,
       write_codes && f.scale_kind == kFp32Scale ? scales.data_ptr<float>() : nullptr,
       write_codes ? nullptr : xhat.data_ptr<float>(), write_codes ? nullptr : amax.data_ptr<float>(),
-      seff.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
+      seff.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "lowprec block quantize: ", cudaGetErrorString(err));
   if (write_codes) return {codes, scales, seff};
   return {xhat, seff, amax};
@@ -99,7 +99,7 @@ at::Tensor dequantize_blocks_cuda(const at::Tensor& codes, const at::Tensor& s_e
   auto tab = table.to(codes.device()).contiguous();
   auto err = launch_block_dequantize(codes.data_ptr<uint8_t>(), s.data_ptr<float>(), tab.data_ptr<float>(),
                                      codes.numel(), static_cast<int>(codes.size(1)), out.data_ptr<float>(),
-                                     at::cuda::getCurrentCUDAStream());
+                                     c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "lowprec::dequantize_blocks: ", cudaGetErrorString(err));
   return out;
 }

@@ -113,3 +113,30 @@ def test_cpp_hadamard_bit_exact(n, inverse):
     c = torch.randn_like(x)
     (lowprec.hadamard(xg, n, axis=1, seed=2, backend="cpp") * c).sum().backward()
     assert torch.equal(xg.grad, lowprec.hadamard(c, n, axis=1, seed=2, inverse=True, backend="reference"))
+
+
+def _cuda_include():
+    import glob
+    for root in [os.environ.get("CUDA_HOME", "")] + sorted(glob.glob("/usr/local/cuda*"), reverse=True):
+        if root and (Path(root) / "include" / "cuda_runtime_api.h").exists():
+            return Path(root) / "include"
+    return None
+
+
+@pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None,
+                    reason="no CUDA runtime headers or g++ on this machine")
+def test_cuda_bindings_typecheck(tmp_path):
+    """Syntax- and type-check csrc/cuda_ops.cpp (the torch side of the CUDA kernels) against
+    torch's headers, so a CUDA build never breaks on it. CPU wheels of torch lack one
+    CMake-generated header of c10/cuda; an empty stand-in is enough for a check."""
+    import sysconfig
+    from torch.utils.cpp_extension import include_paths
+    shim = tmp_path / "c10" / "cuda" / "impl"
+    shim.mkdir(parents=True)
+    (shim / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", "-DLOWPREC_WITH_CUDA", f"-I{ROOT / 'csrc' / 'include'}",
+           *[f"-I{p}" for p in include_paths()], f"-I{sysconfig.get_paths()['include']}", f"-I{tmp_path}",
+           f"-I{_cuda_include()}"]
+    for src in ("cuda_ops.cpp", "ops.cpp"):
+        out = subprocess.run(cmd + [str(ROOT / "csrc" / src)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
