@@ -128,3 +128,65 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, block_m: int = 32, block_n: in
                           c.stride(0), BM=block_m, BN=block_n, BK=bk, BS=bs,
                           DOT_BF16=os.environ.get("TRITON_INTERPRET") != "1")
     return c
+
+
+from ..formats import get_format  # noqa: E402
+from ..reference.hadamard import random_signs, sylvester  # noqa: E402
+from ..reference.scales import tensor_encode_scale  # noqa: E402
+from ..tensor import pack_nibbles  # noqa: E402
+from ..triton.hadamard_quantize import hadamard_quantize_kernel  # noqa: E402
+
+
+def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nearest", seed: int = 0,
+                      offset_row: int = 0, offset_col: int = 0, hadamard_seed=None, return_transformed: bool = False):
+    """One pass over X (R x C, both multiples of n): (Q(X M^T) with blocks along C,
+    Q(M X) with blocks along R), M = diag(s) H_n, s from ``hadamard_seed`` (all +1 if None).
+    With ``return_transformed`` also the kernel's fp32 X M^T and M X."""
+    fmt = get_format(fmt)
+    if x.dim() != 2 or x.shape[0] % n or x.shape[1] % n:
+        raise ValueError(f"hadamard_quantize takes a 2-D tensor whose dims are multiples of {n}, got {tuple(x.shape)}")
+    if n not in (16, 32, 64, 128) or n % fmt.block_size or fmt.block_2d or fmt.scale.kind == "fp32":
+        raise ValueError("hadamard_quantize needs n in (16, 32, 64, 128), 1D blocks dividing n, and 8-bit scales")
+    if rounding not in ROUNDING_IDS:
+        raise ValueError(f"unknown rounding {rounding!r}")
+    xf = x.to(torch.float32).contiguous()
+    R, C = xf.shape
+    s = random_signs(hadamard_seed, n, device=x.device) if hadamard_seed is not None else torch.ones(n, device=x.device)
+    m = (torch.diag(s.double()) @ sylvester(n, device=x.device)).to(torch.float32).contiguous()
+    ints, floats = format_params(fmt)
+    consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
+                  E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
+                  S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
+                  ROUNDING=ROUNDING_IDS[rounding])
+    grid = (R // n, C // n)
+    dev = x.device
+    table = scale_table(fmt, dev)
+    row_codes = torch.empty(R, C, dtype=torch.uint8, device=dev)
+    col_codes = torch.empty(C, R, dtype=torch.uint8, device=dev)
+    row_scales = torch.empty(R, C // fmt.block_size, dtype=torch.uint8, device=dev)
+    col_scales = torch.empty(C, R // fmt.block_size, dtype=torch.uint8, device=dev)
+    row_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0)
+    col_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0)
+    s_row = s_col = torch.ones((), dtype=torch.float32, device=dev)
+    if fmt.tensor_scale:
+        amax = torch.empty(2 * grid[0] * grid[1], dtype=torch.float32, device=dev)
+        hadamard_quantize_kernel[grid](xf, m, table, amax, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
+                                       R, C, 1.0, 1.0, seed, offset_row, offset_col, N=n, BS=fmt.block_size, PASS=0,
+                                       WRITE_T=False, **consts)
+        am = amax.reshape(-1, 2)
+        s_row = tensor_encode_scale(am[:, 0].max() if not torch.isnan(am[:, 0]).any() else torch.tensor(float("nan")), fmt)
+        s_col = tensor_encode_scale(am[:, 1].max() if not torch.isnan(am[:, 1]).any() else torch.tensor(float("nan")), fmt)
+    hadamard_quantize_kernel[grid](xf, m, table, xf, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
+                                   R, C, float(s_row), float(s_col), seed, offset_row, offset_col, N=n,
+                                   BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, **consts)
+    packed = fmt.element.bits == 4
+    q_row = QuantizedTensor(pack_nibbles(row_codes) if packed else row_codes, row_scales,
+                            s_row if fmt.tensor_scale else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
+    q_col = QuantizedTensor(pack_nibbles(col_codes) if packed else col_codes, col_scales,
+                            s_col if fmt.tensor_scale else None, fmt.replace(axis=0), x.shape, x.dtype, 0)
+    if return_transformed:
+        return q_row, q_col, row_t, col_t
+    return q_row, q_col
+
+
+ops.register("hadamard_quantize", "triton")(hadamard_quantize)

@@ -68,23 +68,15 @@ def _grid_code(v, EBITS: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, 
 
 
 @triton.jit
-def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_ptr, seff_ptr, amax_ptr,
-                  n_blocks, s_enc, seed, offset,
-                  BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr,
+def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset,
                   E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
-                  E_NAN: tl.constexpr, E_EMAX: tl.constexpr,
-                  S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
-                  S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
-                  TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
-                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BS_P2)
-    row_ok = rows < n_blocks
-    mask = row_ok[:, None] & (cols < BS)[None, :]
-    idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
-    x = tl.load(x_ptr + idx, mask=mask, other=0.0)
-
+                  E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
+                  S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
+                  S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
+                  INLINE_RNG: tl.constexpr):
+    """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
+    row-major index in the tensor being quantized (Philox counter offset + idx // 16).
+    Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
     # block amax, NaN propagating
     a = tl.abs(x)
     isnan = a != a
@@ -123,6 +115,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
         code = tl.where(bad, S_NAN, code)
         dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
     else:  # fp32 scales
+        code = tl.zeros_like(amax).to(tl.int32)
         scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
         dec = scale_hp
     s = tl.math.div_rn(dec, s_enc + 0.0 * dec)
@@ -142,7 +135,29 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
     else:
         rbyte = 0
     v = _round_grid(xs, E_EBITS, E_MBITS, E_BIAS, E_MAX, ROUNDING, rbyte)
+    return v, code, dec, s, amax, sb
 
+
+@triton.jit
+def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_ptr, seff_ptr, amax_ptr,
+                  n_blocks, s_enc, seed, offset,
+                  BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr,
+                  E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
+                  E_NAN: tl.constexpr, E_EMAX: tl.constexpr,
+                  S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
+                  S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
+                  TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
+                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BS_P2)
+    row_ok = rows < n_blocks
+    mask = row_ok[:, None] & (cols < BS)[None, :]
+    idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0)
+    v, code, dec, s, amax, sb = quantize_rows(
+        x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
+        E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG)
     if WRITE_CODES:
         c = _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True)
         tl.store(codes_ptr + idx, c.to(tl.uint8), mask=mask)
