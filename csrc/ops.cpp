@@ -14,6 +14,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_blocks_cpu(
     int64_t offset, bool inline_rng);
 at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_eff, const at::Tensor& elem_table);
 at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
+at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
+std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
 #ifdef LOWPREC_WITH_CUDA
 at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::Device device);
 #endif
@@ -37,6 +39,8 @@ TORCH_LIBRARY(lowprec, m) {
         "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
   m.def("dequantize_blocks(Tensor codes, Tensor s_eff, Tensor elem_table) -> Tensor");
   m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
+  m.def("nm_mask(Tensor scores, int n, int m) -> Tensor");
+  m.def("compress_24(Tensor w, Tensor mask) -> (Tensor, Tensor)");
 }
 
 // No tensor argument to dispatch on: one kernel for every backend, which reads the device.
@@ -49,6 +53,8 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("fake_quantize_blocks", &lowprec::fake_quantize_blocks_cpu);
   m.impl("dequantize_blocks", &lowprec::dequantize_blocks_cpu);
   m.impl("hadamard_rows", &lowprec::hadamard_rows_cpu);
+  m.impl("nm_mask", &lowprec::nm_mask_cpu);
+  m.impl("compress_24", &lowprec::compress_24_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

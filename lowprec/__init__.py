@@ -6,7 +6,7 @@ from .convert import ConversionReport, convert_model, load_rng_state, revert_mod
 from .formats import (E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FP32_SCALE, MXFP4, MXFP6_E2M3, MXFP6_E3M2,
                       MXFP8, NVFP4, PRESETS, UE4M3, UE5M3, UE5M3_FP4, ElementFormat, QuantFormat,
                       ScaleFormat, get_format, ue5m3)
-from .functional import dequantize, fake_quantize, hadamard, quantize, random_bytes
+from .functional import compress_24, dequantize, fake_quantize, hadamard, nm_mask, quantize, random_bytes
 from .gemm import qgemm
 from .ops import BackendUnavailable, available_backends
 from .nn import QuantLinear
@@ -16,7 +16,7 @@ from .tensor import QuantizedTensor
 __version__ = "0.1.0"
 
 __all__ = [
-    "quantize", "dequantize", "fake_quantize", "hadamard", "random_bytes", "qgemm",
+    "quantize", "dequantize", "fake_quantize", "hadamard", "random_bytes", "qgemm", "nm_mask", "compress_24",
     "QuantizedTensor", "QuantFormat", "ElementFormat", "ScaleFormat", "get_format", "ue5m3",
     "E2M1", "E2M3", "E3M2", "E4M3", "E5M2", "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2", "PRESETS",

@@ -69,3 +69,13 @@ def hadamard(x: torch.Tensor, block_size: int = 16, axis: int = -1, seed: Option
 def random_bytes(seed: int, offset: int, numel: int, device=None, backend: str = "auto") -> torch.Tensor:
     """The Philox byte stream of NUMERICS.md: byte i of randint4x(seed, offset + i // 16)."""
     return ops.resolve("random_bytes", backend, device)(seed, offset, numel, device=device)
+
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, backend: str = "auto") -> torch.Tensor:
+    """Keep the n largest scores of every m along the last dim (ties: lower index)."""
+    return ops.resolve("nm_mask", backend, scores.device)(scores, n, m)
+
+
+def compress_24(w: torch.Tensor, mask: torch.Tensor, backend: str = "auto"):
+    """(kept values, 2-bit index metadata) of a 2:4-sparse tensor; see reference.sparsity."""
+    return ops.resolve("compress_24", backend, w.device)(w, mask)

@@ -34,3 +34,20 @@ from .. import ops as _ops  # noqa: E402
 from ..reference.hadamard import BlockHadamard, resolve_signs, torch_chunks  # noqa: E402
 
 _ops.register("hadamard", "cpp")(hadamard)
+
+
+def _cpu_fp32(t, what):
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        raise _ops.BackendUnavailable(f"backend 'cpp' {what} takes fp32 CPU tensors, got {t.dtype} on {t.device}")
+
+
+@_ops.register("nm_mask", "cpp")
+def nm_mask(scores, n=2, m=4):
+    _cpu_fp32(scores, "nm_mask")
+    return torch.ops.lowprec.nm_mask(scores.contiguous(), n, m)
+
+
+@_ops.register("compress_24", "cpp")
+def compress_24(w, mask):
+    _cpu_fp32(w, "compress_24")
+    return torch.ops.lowprec.compress_24(w.contiguous(), mask.contiguous())

@@ -22,3 +22,10 @@ torch.library.register_fake("lowprec::dequantize_blocks")(
 torch.library.register_fake("lowprec::random_bytes")(
     lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))
 torch.library.register_fake("lowprec::hadamard_rows")(lambda x, n, signs, inverse: torch.empty_like(x))
+torch.library.register_fake("lowprec::nm_mask")(lambda scores, n, m: torch.empty_like(scores, dtype=torch.bool))
+
+
+@torch.library.register_fake("lowprec::compress_24")
+def _fake_compress(w, mask):
+    return (w.new_empty((*w.shape[:-1], w.shape[-1] // 2)),
+            w.new_empty((*w.shape[:-1], w.shape[-1] // 8), dtype=torch.uint8))
