@@ -11,7 +11,7 @@ converted model loads into the original model and back).
 from __future__ import annotations
 
 import zlib
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F

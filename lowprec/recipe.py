@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 from .formats import QuantFormat, get_format
 from .reference.rounding import ROUNDING_MODES

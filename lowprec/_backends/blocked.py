@@ -12,7 +12,7 @@ from ..formats import QuantFormat, get_format
 from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
 from ..reference.quantize import check_input
 from ..reference.scales import tensor_encode_scale
-from ..tensor import QuantizedTensor, pack_nibbles
+from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 
 F32 = torch.float32
 ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
@@ -94,3 +94,17 @@ def int64_bits(v: int) -> int:
     """Seeds and offsets cross op boundaries as int64; uint64 bit patterns wrap."""
     v = int(v) & 0xFFFFFFFFFFFFFFFF
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def dequantize_with(q: QuantizedTensor, kernel, dtype=None) -> torch.Tensor:
+    """Dequantize through ``kernel(code blocks [n, bs] uint8, s_eff [n] fp32, element table)``."""
+    layout = make_layout(q.shape, q.fmt)
+    codes = unpack_nibbles(q.codes) if q.packed else q.codes
+    bs = q.fmt.block_size ** (2 if q.fmt.block_2d else 1)
+    blocks = to_blocks(codes, layout)
+    grid = blocks.shape[:-1]
+    s_eff = q.scales.to(F32) if q.fmt.scale.kind == "fp32" else q.fmt.scale.table(q.device)[q.scales.long()]
+    if q.tensor_scale is not None:
+        s_eff = s_eff / q.tensor_scale
+    out = kernel(blocks.reshape(-1, bs).contiguous(), s_eff.reshape(-1).contiguous(), q.fmt.element.table(q.device))
+    return from_stored(from_blocks(out.reshape(*grid, bs), layout), layout).to(dtype or q.dtype)

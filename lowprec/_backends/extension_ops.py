@@ -6,9 +6,8 @@ from typing import Optional
 import torch
 
 from .. import ops
-from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks
-from ..tensor import QuantizedTensor, unpack_nibbles
-from .blocked import ROUNDING_IDS, Prepared, format_params, int64_bits, scale_table
+from ..tensor import QuantizedTensor
+from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, int64_bits, scale_table
 
 
 def register_block_ops(backend: str, device_type: str) -> None:
@@ -46,17 +45,7 @@ def register_block_ops(backend: str, device_type: str) -> None:
 
     def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
         require(q.codes)
-        layout = make_layout(q.shape, q.fmt)
-        codes = unpack_nibbles(q.codes) if q.packed else q.codes
-        bs = q.fmt.block_size ** (2 if q.fmt.block_2d else 1)
-        blocks = to_blocks(codes, layout)
-        grid = blocks.shape[:-1]
-        s_eff = q.scales.to(torch.float32) if q.fmt.scale.kind == "fp32" else q.fmt.scale.table(q.device)[q.scales.long()]
-        if q.tensor_scale is not None:
-            s_eff = s_eff / q.tensor_scale
-        out = torch.ops.lowprec.dequantize_blocks(blocks.reshape(-1, bs).contiguous(),
-                                                  s_eff.reshape(-1).contiguous(), q.fmt.element.table(q.device))
-        return from_stored(from_blocks(out.reshape(*grid, bs), layout), layout).to(dtype or q.dtype)
+        return dequantize_with(q, torch.ops.lowprec.dequantize_blocks, dtype)
 
     ops.register("random_bytes", backend)(random_bytes)
     ops.register("quantize", backend)(quantize)

@@ -6,10 +6,8 @@ from typing import Optional
 import torch
 
 from .. import ops
-from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks
-from ..reference.philox import random_bytes as reference_random_bytes
-from ..tensor import QuantizedTensor, unpack_nibbles
-from .blocked import ROUNDING_IDS, Prepared, format_params, scale_table
+from ..tensor import QuantizedTensor
+from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, scale_table
 
 try:
     import triton
@@ -25,11 +23,8 @@ ROWS = 16
 
 
 def _random_bytes(seed, offset, numel, device):
-    impl = ops.implementations("random_bytes")
-    fn = impl.get("cuda") if torch.device(device).type == "cuda" and "cuda" in impl else impl.get("cpp", reference_random_bytes)
-    if torch.device(device).type == "cpu":
-        return fn(seed, offset, numel, device=device)
-    return reference_random_bytes(seed, offset, numel, device=device)
+    """Bytes for the non-inline case (permuted layouts): the fastest Philox for the device."""
+    return ops.resolve("random_bytes", "auto", device)(seed, offset, numel, device=device)
 
 
 def _run(p: Prepared, write_codes: bool, write_xhat: bool):
@@ -81,19 +76,13 @@ def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, n
 
 @ops.register("dequantize", "triton")
 def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
-    layout = make_layout(q.shape, q.fmt)
-    codes = unpack_nibbles(q.codes) if q.packed else q.codes
-    bs = q.fmt.block_size ** (2 if q.fmt.block_2d else 1)
-    blocks = to_blocks(codes, layout)
-    grid = blocks.shape[:-1]
-    s_eff = q.scales.to(torch.float32) if q.fmt.scale.kind == "fp32" else q.fmt.scale.table(q.device)[q.scales.long()]
-    if q.tensor_scale is not None:
-        s_eff = s_eff / q.tensor_scale
-    cb = blocks.reshape(-1, bs).contiguous()
-    out = torch.empty(cb.shape, dtype=torch.float32, device=cb.device)
-    _dequant_kernel[(triton.cdiv(cb.shape[0], ROWS),)](cb, s_eff.reshape(-1).contiguous(), q.fmt.element.table(cb.device),
-                                                       out, cb.shape[0], BS=bs, BS_P2=triton.next_power_of_2(bs), ROWS=ROWS)
-    return from_stored(from_blocks(out.reshape(*grid, bs), layout), layout).to(dtype or q.dtype)
+    def kernel(codes, s_eff, table):
+        out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+        bs = codes.shape[1]
+        _dequant_kernel[(triton.cdiv(codes.shape[0], ROWS),)](codes, s_eff, table, out, codes.shape[0], BS=bs,
+                                                              BS_P2=triton.next_power_of_2(bs), ROWS=ROWS)
+        return out
+    return dequantize_with(q, kernel, dtype)
 
 
 from ..gemm import check_operands  # noqa: E402

@@ -13,9 +13,8 @@ from typing import Optional
 import torch
 
 from ..formats import QuantFormat, get_format
-from .blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
-from .philox import random_bytes
-from .quantize import block_scales, check_input
+from .blocking import from_blocks, from_stored, to_blocks, to_stored
+from .quantize import scaled_blocks
 from .rounding import round_to_grid
 
 F32 = torch.float32
@@ -27,24 +26,18 @@ def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str =
                               amax_tensor: Optional[torch.Tensor] = None):
     """(x_hat in fp32, effective scale per element in fp32, block amax per element), all in x's shape."""
     fmt = get_format(fmt)
-    check_input(x, rounding, seed, nan_policy)
-    layout = make_layout(x.shape, fmt)
-    xb = to_blocks(to_stored(x.to(F32), layout), layout)
-    _, _, s_eff = block_scales(xb, fmt, amax_tensor)
+    layout, _, _, s_eff, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, False, nan_policy,
+                                                        amax_tensor)
     s = s_eff.unsqueeze(-1)
-    x_scaled = torch.where(s == 0, torch.zeros_like(xb), xb / s)
-    rand = None
-    if rounding == "stochastic":
-        r = random_bytes(seed, offset, x.numel(), device=x.device).reshape(x.shape)
-        rand = to_blocks(to_stored(r, layout), layout)
+    xb_abs = to_blocks(to_stored(x.to(F32), layout), layout).abs()
     e = fmt.element
     v = round_to_grid(x_scaled, e.ebits, e.mbits, e.bias, e.max, rounding, rand)
     xh = v * s
 
     def back(t):
         return from_stored(from_blocks(t, layout), layout)
-    amax = xb.abs().amax(dim=-1, keepdim=True)
-    return back(xh), back(s.expand_as(xb)), back(amax.expand_as(xb))
+    amax = xb_abs.amax(dim=-1, keepdim=True)
+    return back(xh), back(s.expand_as(xb_abs)), back(amax.expand_as(xb_abs))
 
 
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None,

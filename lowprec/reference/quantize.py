@@ -74,16 +74,13 @@ def encode_elements(x_scaled: torch.Tensor, fmt: QuantFormat, rounding: str,
     return code.to(torch.uint8)
 
 
-def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
-             offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
-             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
-    """Block-quantize ``x`` (see module docstring).  ``amax_tensor`` overrides the tensor
-    amax used for S_enc (e.g. a delayed or all-reduced amax)."""
-    fmt = get_format(fmt)
+def scaled_blocks(x: torch.Tensor, fmt: QuantFormat, rounding: str, seed, offset: int, strict: bool,
+                  nan_policy: str, amax_tensor: Optional[torch.Tensor]):
+    """Steps 1-3 and the scaling of step 4: (layout, scale codes, S_enc, s_eff per block,
+    x_scaled blocks, random bytes in block layout or None)."""
     check_input(x, rounding, seed, nan_policy)
     layout = make_layout(x.shape, fmt, strict)
-    xs = to_stored(x.to(F32), layout)
-    xb = to_blocks(xs, layout)
+    xb = to_blocks(to_stored(x.to(F32), layout), layout)
     scale_codes, s_enc, s_eff = block_scales(xb, fmt, amax_tensor)
     s = s_eff.unsqueeze(-1)
     x_scaled = torch.where(s == 0, torch.zeros_like(xb), xb / s)
@@ -91,6 +88,17 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
     if rounding == "stochastic":
         r = random_bytes(seed, offset, x.numel(), device=x.device).reshape(x.shape)
         rand = to_blocks(to_stored(r, layout), layout)
+    return layout, scale_codes, s_enc, s_eff, x_scaled, rand
+
+
+def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
+             offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
+             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
+    """Block-quantize ``x`` (see module docstring).  ``amax_tensor`` overrides the tensor
+    amax used for S_enc (e.g. a delayed or all-reduced amax)."""
+    fmt = get_format(fmt)
+    layout, scale_codes, s_enc, _, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, strict,
+                                                                  nan_policy, amax_tensor)
     codes = from_blocks(encode_elements(x_scaled, fmt, rounding, rand), layout)
     if fmt.element.bits == 4:
         codes = pack_nibbles(codes)

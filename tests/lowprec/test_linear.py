@@ -1,7 +1,6 @@
 """Layer 4: the quantized linear against fp32 (SQNR floors), Hadamard invariance,
 estimators, stochastic-rounding streams, recipes, and the custom op contract."""
 
-import math
 
 import pytest
 import torch

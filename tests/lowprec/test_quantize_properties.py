@@ -4,7 +4,6 @@ from a seed hypothesis picks, so every failure is reproducible."""
 
 import math
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
