@@ -145,11 +145,9 @@ def test_recipes_round_trip_json_and_override():
     assert R.get("ue5m3").fprop.lhs.format.scale.name == "ue5m3" and R.get("ue5m3").fprop.lhs.format.tensor_scale
 
 
-@pytest.mark.parametrize("bad,match", [(dict(estimator="magic"), "estimator"), (dict(name_="x"), "")])
-def test_bad_recipes(bad, match):
-    if "estimator" in bad:
-        with pytest.raises(ValueError, match=match):
-            R.get("mxfp4", **bad)
+def test_bad_recipes():
+    with pytest.raises(ValueError, match="estimator"):
+        R.get("mxfp4", estimator="magic")
     with pytest.raises(ValueError, match="unknown recipe"):
         R.get("fp3")
     with pytest.raises(ValueError, match="hadamard"):
