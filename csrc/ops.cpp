@@ -16,6 +16,8 @@ at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_ef
 at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
 at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
+void masked_adam_step_cpu(at::Tensor& w, const at::Tensor& g, at::Tensor& m, at::Tensor& v,
+                          const c10::optional<at::Tensor>& mask, int64_t mode, c10::ArrayRef<double> scalars);
 #ifdef LOWPREC_WITH_CUDA
 at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::Device device);
 #endif
@@ -41,6 +43,8 @@ TORCH_LIBRARY(lowprec, m) {
   m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
   m.def("nm_mask(Tensor scores, int n, int m) -> Tensor");
   m.def("compress_24(Tensor w, Tensor mask) -> (Tensor, Tensor)");
+  m.def("masked_adam_step_(Tensor(a!) w, Tensor g, Tensor(b!) m, Tensor(c!) v, Tensor? mask, int mode, "
+        "float[] scalars) -> ()");
 }
 
 // No tensor argument to dispatch on: one kernel for every backend, which reads the device.
@@ -55,6 +59,7 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("hadamard_rows", &lowprec::hadamard_rows_cpu);
   m.impl("nm_mask", &lowprec::nm_mask_cpu);
   m.impl("compress_24", &lowprec::compress_24_cpu);
+  m.impl("masked_adam_step_", &lowprec::masked_adam_step_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -179,3 +179,45 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
 
 
 ops.register("hadamard_quantize", "triton")(hadamard_quantize)
+
+
+from ..triton.sparsity import _compress_24_kernel, _nm_mask_kernel  # noqa: E402
+
+MASK_GROUPS = 64
+
+
+@ops.register("nm_mask", "triton")
+def nm_mask(scores, n=2, m=4):
+    if scores.dtype != torch.float32:
+        raise ops.BackendUnavailable(f"backend 'triton' nm_mask takes fp32 scores, got {scores.dtype}")
+    if m & (m - 1) or m > 32:
+        raise ops.BackendUnavailable(f"backend 'triton' nm_mask needs a power-of-two group size <= 32, got m={m}")
+    if not 0 < n <= m:
+        raise ValueError(f"need 0 < n <= m, got n={n}, m={m}")
+    if scores.dim() < 1 or scores.shape[-1] % m:
+        raise ValueError(f"the last dim must be a multiple of the group size {m}")
+    s = scores.contiguous()
+    out = torch.empty(s.shape, dtype=torch.int8, device=s.device)
+    bad = torch.zeros(1, dtype=torch.int32, device=s.device)
+    groups = s.numel() // m
+    _nm_mask_kernel[(triton.cdiv(groups, MASK_GROUPS),)](s, out, bad, groups, N=n, M=m, G=MASK_GROUPS)
+    if int(bad.item()):
+        raise ValueError("scores hold NaN: an N:M mask needs a total order")
+    return out.bool()
+
+
+@ops.register("compress_24", "triton")
+def compress_24(w, mask):
+    if w.dtype != torch.float32:
+        raise ops.BackendUnavailable(f"backend 'triton' compress_24 takes fp32, got {w.dtype}")
+    if mask.shape != w.shape or mask.dtype != torch.bool or w.dim() < 1 or w.shape[-1] % 8:
+        raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
+    x, k = w.contiguous(), mask.contiguous().view(torch.int8)
+    values = torch.empty(*w.shape[:-1], w.shape[-1] // 2, dtype=w.dtype, device=w.device)
+    meta = torch.empty(*w.shape[:-1], w.shape[-1] // 8, dtype=torch.uint8, device=w.device)
+    bad = torch.zeros(1, dtype=torch.int32, device=w.device)
+    pairs = w.numel() // 8
+    _compress_24_kernel[(triton.cdiv(pairs, MASK_GROUPS),)](x, k, values, meta, bad, pairs, P=MASK_GROUPS)
+    if int(bad.item()):
+        raise ValueError("mask is not exactly 2:4")
+    return values, meta

@@ -1,0 +1,193 @@
+"""Sparse linear layers.
+
+``SparseLinear`` (SR-STE and AST):  y = x (W ⊙ M)^T + b  [+ (x P^T) S^T with SLoRB]
+  - M is a bool buffer (checkpointed), recomputed from the score of W every
+    ``mask_interval`` training forwards; each refresh logs the flip rate against the
+    previous and the initial mask.
+  - SLoRB: P ∈ {0,1}^{(d/k)×d} sums each block of k inputs; S ∈ R^{out×d/k} starts at the
+    block means of the pruned weights, S[r, i] = mean_{c in block i} ((1 − M) ⊙ W)[r, c].
+  - With a lowprec ``Recipe`` the masked weight goes through the recipe's FP4 GEMMs, so
+    block scales are taken over the kept values (pruned entries are zeros).
+``CASTLinear``: dense forward with learnable weight scaling,
+  W_eff[r, c] = A[r, ⌊c / (C / n)⌋] · W[r, c], A initialized to ones; AdamS owns the mask.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowprec.autograd import plan_for, quant_linear, slot_offsets
+from lowprec.nn import layer_seed
+from lowprec.recipe import get as get_recipe
+
+from .autograd import masked_weight
+from .masks import flip_rate, nm_mask, scores_for, transposable_24_mask
+
+
+def slorb_projection(in_features: int, k: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """P (d/k × d): row i is 1 on columns [ik, ik + k)."""
+    if k <= 0 or in_features % k:
+        raise ValueError(f"SLoRB block size {k} must divide in_features {in_features}")
+    return torch.repeat_interleave(torch.eye(in_features // k, device=device, dtype=dtype), k, dim=1)
+
+
+def slorb_init(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """S[r, i] = mean over block i of the pruned weights ((1 − M) ⊙ W)[r, ik:ik+k]."""
+    pruned = weight.detach().float() * torch.logical_not(mask)
+    return pruned.reshape(weight.shape[0], -1, k).mean(-1).to(weight.dtype)
+
+
+class SparseLinear(nn.Module):
+    """N:M-masked linear layer with straight-through gradients (SR-STE / AST)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, **options):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self._configure(**options)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **options) -> "SparseLinear":
+        """Wrap ``linear`` reusing its weight and bias parameters (options as in __init__)."""
+        s = cls.__new__(cls)
+        nn.Module.__init__(s)
+        s.in_features, s.out_features = linear.in_features, linear.out_features
+        s.weight, s.bias = linear.weight, linear.bias
+        s._configure(**options)
+        return s
+
+    def _configure(self, *, n: int = 2, m: int = 4, mask_interval: int = 1, srste_decay: float = 0.0,
+                   score: str = "magnitude", transposable: bool = False, slorb_k: int = 0,
+                   slorb_train_p: bool = False, recipe=None, input_norm: Optional[torch.Tensor] = None,
+                   seed: int = 0, name: str = ""):
+        if self.in_features % m:
+            raise ValueError(f"in_features {self.in_features} is not a multiple of the group size m={m}")
+        if transposable and ((n, m) != (2, 4) or self.out_features % 4):
+            raise ValueError("transposable masks are 2:4 and need out_features to be a multiple of 4")
+        if score not in ("magnitude", "wanda"):
+            raise ValueError(f"unknown score {score!r}: 'magnitude' or 'wanda'")
+        self.n, self.m = n, m
+        self.mask_interval, self.srste_decay = int(mask_interval), float(srste_decay)
+        self.score, self.transposable = score, transposable
+        dev = self.weight.device
+        if input_norm is not None:
+            self.register_buffer("input_norm", input_norm.detach().float().to(dev))
+        else:
+            self.input_norm = None
+        mask = self.compute_mask()
+        self.register_buffer("mask", mask)
+        self.register_buffer("initial_mask", mask.clone())
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=dev))
+        self.flip_history: List[dict] = []
+        self.slorb_k = int(slorb_k)
+        if self.slorb_k:
+            p = slorb_projection(self.in_features, self.slorb_k, dev, self.weight.dtype)
+            if slorb_train_p:
+                self.slorb_p = nn.Parameter(p)
+            else:
+                self.register_buffer("slorb_p", p)
+            self.slorb_s = nn.Parameter(slorb_init(self.weight, mask, self.slorb_k))
+        self.recipe = get_recipe(recipe) if recipe is not None else None
+        self.name = name
+        self.seed = layer_seed(seed, name)
+        self.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        if self.recipe is not None:
+            m_in, m_out = self.recipe.block_multiples()
+            if self.in_features % m_in or self.out_features % m_out:
+                raise ValueError(f"shape in={self.in_features}, out={self.out_features} does not divide into "
+                                 f"the recipe's blocks ({m_in}, {m_out})")
+            self._plan = plan_for(self.recipe)
+
+    # -- mask ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_mask(self) -> torch.Tensor:
+        scores = scores_for(self.weight, self.score, self.input_norm)
+        if self.transposable:
+            return transposable_24_mask(scores)
+        return nm_mask(scores, self.n, self.m)
+
+    @torch.no_grad()
+    def refresh_mask(self) -> dict:
+        """Recompute M from the current weights (in place) and log the flip rates."""
+        new = self.compute_mask()
+        rec = {"step": int(self.step), "vs_previous": flip_rate(new, self.mask),
+               "vs_initial": flip_rate(new, self.initial_mask)}
+        self.mask.copy_(new)
+        self.flip_history.append(rec)
+        return rec
+
+    def sparse_weight(self) -> torch.Tensor:
+        return (self.weight * self.mask).detach()
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            if int(self.step) > 0 and self.mask_interval > 0 and int(self.step) % self.mask_interval == 0:
+                self.refresh_mask()
+            self.step.add_(1)
+        w = masked_weight(self.weight, self.mask, self.srste_decay)
+        if self.recipe is None or not self.recipe.quantized:
+            y = F.linear(x, w, self.bias)
+        else:
+            tokens = x.numel() // x.shape[-1]
+            _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self._plan)
+            rng = torch.stack((torch.full((), self.seed, dtype=torch.int64, device=self.sr_offset.device),
+                               self.sr_offset))
+            y = quant_linear(x, w, self.bias, self._plan, rng, self.seed)
+            if consumed:
+                self.sr_offset.add_(consumed)
+        if self.slorb_k:
+            y = y + F.linear(F.linear(x, self.slorb_p), self.slorb_s)
+        return y
+
+    def revert(self) -> nn.Linear:
+        """A plain dense nn.Linear sharing the (unmasked) weight and bias."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        lin.weight, lin.bias = self.weight, self.bias
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.n}:{self.m}, "
+                f"mask_interval={self.mask_interval}, srste_decay={self.srste_decay}, score={self.score!r}, "
+                f"transposable={self.transposable}, slorb_k={self.slorb_k}, "
+                f"recipe={self.recipe.name if self.recipe is not None else None}")
+
+
+class CASTLinear(nn.Module):
+    """Dense forward with learnable per-(row, column-group) weight scaling A (R × n)."""
+
+    def __init__(self, linear: nn.Linear, n_scale: int = 2, name: str = ""):
+        super().__init__()
+        if linear.in_features % n_scale:
+            raise ValueError(f"in_features {linear.in_features} is not divisible by n_scale={n_scale}")
+        self.in_features, self.out_features, self.n_scale = linear.in_features, linear.out_features, n_scale
+        self.weight, self.bias = linear.weight, linear.bias
+        self.scale = nn.Parameter(torch.ones(linear.out_features, n_scale, device=linear.weight.device,
+                                             dtype=linear.weight.dtype))
+        self.name = name
+
+    def effective_weight(self) -> torch.Tensor:
+        """W_eff[r, c] = A[r, ⌊c / (C / n)⌋] · W[r, c]."""
+        return self.weight * torch.repeat_interleave(self.scale, self.in_features // self.n_scale, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def revert(self) -> nn.Linear:
+        """A plain nn.Linear holding the folded weight A ⊙ W (dense, not pruned)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.effective_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, n_scale={self.n_scale}"
