@@ -1,7 +1,32 @@
 """sparse: 2:4 sparse training (masks, SR-STE, AST, CAST, export) on top of lowprec.
 
-Not built yet: this package is the subject of the 2:4 sparse-training issue. It depends
-on lowprec (kernels, backends, module walker), never the other way round.
+    model = lowprec.convert_model(model, sparse.CASTConfig())      # or ASTConfig, SRSTEConfig
+    opt = sparse.AdamS(sparse.cast_param_groups(model), lr=1e-4, total_steps=T)
+    dense_24 = sparse.export(model, opt)
+
+It depends on lowprec (kernels, backends, module walker), never the other way round.
 """
 
-__all__: list = []
+from . import kernels  # noqa: F401  (registers the fused masked-Adam op)
+from .ast import ASTAdamW
+from .autograd import masked_weight
+from .cast import AdamS, cast_masks, cast_param_groups
+from .configs import ASTConfig, CASTConfig, SparseFP4Config, SRSTEConfig
+from .distill import ast_distillation_loss, cast_distillation_loss, distillation_loss, kl_teacher_student
+from .export import (Compressed24Linear, SparseWithLowRank, compress_model, decompress_model, export,
+                     semi_structured_limits, sparse_linears, to_semi_structured)
+from .masks import (collect_input_norms, flip_rate, fraction_nm, is_nm, magnitude_mask, nm_mask, pack_mask,
+                    scores_for, transposable_24_mask, transposable_patterns, unpack_mask)
+from .nn import CASTLinear, SparseLinear, slorb_init, slorb_projection
+from .train import SparseTrainer
+
+__all__ = [
+    "ASTAdamW", "AdamS", "cast_masks", "cast_param_groups", "masked_weight",
+    "ASTConfig", "CASTConfig", "SparseFP4Config", "SRSTEConfig",
+    "ast_distillation_loss", "cast_distillation_loss", "distillation_loss", "kl_teacher_student",
+    "Compressed24Linear", "SparseWithLowRank", "compress_model", "decompress_model", "export",
+    "semi_structured_limits", "sparse_linears", "to_semi_structured",
+    "collect_input_norms", "flip_rate", "fraction_nm", "is_nm", "magnitude_mask", "nm_mask", "pack_mask",
+    "scores_for", "transposable_24_mask", "transposable_patterns", "unpack_mask",
+    "CASTLinear", "SparseLinear", "slorb_init", "slorb_projection", "SparseTrainer",
+]

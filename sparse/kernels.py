@@ -35,7 +35,7 @@ def _check(w, g, m, v, mask):
 
 @ops.register(OP, "reference")
 def reference_step(w, g, m, v, mask, s: StepScalars):
-    _reference_step(w, g.float(), m, v, mask if mask is not None else torch.ones_like(w, dtype=torch.bool), s)
+    _reference_step(w, g.float(), m, v, mask, s)
 
 
 @ops.register(OP, "cpp")

@@ -93,10 +93,14 @@ class SparseLinear(nn.Module):
             else:
                 self.register_buffer("slorb_p", p)
             self.slorb_s = nn.Parameter(slorb_init(self.weight, mask, self.slorb_k))
-        self.recipe = get_recipe(recipe) if recipe is not None else None
         self.name = name
         self.seed = layer_seed(seed, name)
         self.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        self.set_recipe(recipe)
+
+    def set_recipe(self, recipe) -> None:
+        """Run the masked weight through ``recipe``'s quantized GEMMs (None: plain GEMM)."""
+        self.recipe = get_recipe(recipe) if recipe is not None else None
         if self.recipe is not None:
             m_in, m_out = self.recipe.block_multiples()
             if self.in_features % m_in or self.out_features % m_out:

@@ -10,12 +10,15 @@ on the host (``StepScalars``):
     d   = m' * c_a + sign(w) * c_l     (AdamS)        c_a = 1 - t/T, c_l = (t/T) * lambda
     d   = m' + w * c_l                 (AST AdamW)    c_l = lambda_t
                                                       where not mask (pruned)
-    v'  = v * beta2 + (d * d) * c2                    c2 = 1 - beta2
+    v'  = v * beta2 + (d * d) * c2                    c2 = 1 - beta2   (masked parameters)
+    v'  = v * beta2 + (g * g) * c2                    (no mask: textbook AdamW, d = m')
     w'  = w1 - ((d * ibc1) / (sqrt(v' * ibc2) + eps)) * lr   ibc_i = 1 / (1 - beta_i^t)
 
 sqrt is correctly rounded (IEEE).  The bias corrections are multiplications by host-rounded reciprocals (torch divides
 by a scalar that way too); the one tensor division is IEEE.  sign(0) = 0, and ``w`` in d is the weight before the decoupled decay.  m stores the raw
-gradient momentum m'; d (the decayed direction) feeds v and the update only.
+gradient momentum m'; d (the decayed direction) feeds v and the update only.  For masked
+parameters v follows d (the momentum), as SPARSE_TRAINING.md writes AdamS and AST's AdamW;
+a parameter with no mask (dense groups of the same optimizer) gets AdamW, v from g.
 """
 
 from __future__ import annotations
@@ -71,9 +74,16 @@ class StepScalars:
 
 def masked_adam_step_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
                       mask: torch.Tensor, s: StepScalars) -> None:
-    """In place on fp32 ``w``, ``m``, ``v``; ``g`` fp32, ``mask`` bool (True = kept)."""
+    """In place on fp32 ``w``, ``m``, ``v``; ``g`` fp32, ``mask`` bool (True = kept) or None."""
     w1 = w * s.c_wd
     m_new = m * s.beta1 + g * s.c1
+    if mask is None:
+        v_new = v * s.beta2 + (g * g) * s.c2
+        den = sqrt_rn(v_new * s.ibc2) + s.eps
+        w.copy_(w1 - ((m_new * s.ibc1) / den) * s.lr)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        return
     if s.mode == 0:
         d_pruned = m_new * s.c_a + torch.sign(w) * s.c_l
     else:

@@ -23,6 +23,7 @@ def masked_adam_kernel(w_ptr, g_ptr, m_ptr, v_ptr, k_ptr, numel,
     gc = g * c1
     mn = mb + gc
     d = mn
+    vs = g
     if HAS_MASK:
         kept = tl.load(k_ptr + offs, mask=ok, other=1) != 0
         if MODE == 0:
@@ -34,8 +35,9 @@ def masked_adam_kernel(w_ptr, g_ptr, m_ptr, v_ptr, k_ptr, numel,
             t2 = w * c_l
             dp = mn + t2
         d = tl.where(kept, mn, dp)
+        vs = d
     vb = v * b2
-    dd = d * d
+    dd = vs * vs
     vc = dd * c2
     vn = vb + vc
     den = tl.sqrt_rn(vn * ibc2) + eps

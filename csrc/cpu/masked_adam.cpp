@@ -42,6 +42,8 @@ void masked_adam_step_cpu(at::Tensor& w, const at::Tensor& g, at::Tensor& m, at:
       const float w1 = wi * c_wd;
       const float mn = pm[i] * b1 + pg[i] * c1;
       float d = mn;
+      float vs = pg[i];  // no mask: AdamW, v from the gradient
+      if (k != nullptr) vs = mn;
       if (k != nullptr && !k[i]) {
         if (mode == 0) {
           const float sgn = wi > 0.f ? 1.f : (wi < 0.f ? -1.f : 0.f);
@@ -49,8 +51,9 @@ void masked_adam_step_cpu(at::Tensor& w, const at::Tensor& g, at::Tensor& m, at:
         } else {
           d = mn + wi * c_l;
         }
+        vs = d;
       }
-      const float vn = pv[i] * b2 + (d * d) * c2;
+      const float vn = pv[i] * b2 + (vs * vs) * c2;
       const float den = std::sqrt(vn * ibc2) + eps;
       pw[i] = w1 - ((d * ibc1) / den) * lr;
       pm[i] = mn;

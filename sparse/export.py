@@ -1,0 +1,196 @@
+"""Export a trained sparse model to plain modules whose weights are exactly 2:4.
+
+- ``SparseLinear``  -> ``nn.Linear`` with W ⊙ M; with SLoRB, ``SparseWithLowRank``: the
+  2:4 linear plus a separate dense low-rank side path (x P^T) S^T, since folding S P into W
+  would break the 2:4 pattern; with an FP4 recipe, a ``lowprec.QuantLinear`` under the same
+  recipe holding W ⊙ M.
+- ``CASTLinear``    -> ``nn.Linear`` with (A ⊙ W) ⊙ M, M the optimizer's final mask.
+- ``compress_model`` / ``decompress_model``: ``Compressed24Linear`` stores the kept values
+  (half the weights) and 2-bit indices (4 bits per group of 4); the round trip is lossless.
+- ``to_semi_structured``: on a GPU, hands each 2:4 weight to
+  ``torch.sparse.to_sparse_semi_structured`` after checking its limits, with a clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowprec
+from lowprec.nn import QuantLinear
+
+from .cast import cast_masks
+from .masks import nm_mask
+from .nn import CASTLinear, SparseLinear
+
+
+class SparseWithLowRank(nn.Module):
+    """y = sparse(x) + up(down(x)): the exported SLoRB layer (sparse: exactly 2:4)."""
+
+    def __init__(self, sparse: nn.Module, down: nn.Linear, up: nn.Linear):
+        super().__init__()
+        self.sparse, self.down, self.up = sparse, down, up
+
+    def forward(self, x):
+        return self.sparse(x) + self.up(self.down(x))
+
+
+def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                    dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+@torch.no_grad()
+def _export_sparse_linear(mod: SparseLinear) -> nn.Module:
+    w = mod.weight * mod.mask
+    if mod.recipe is not None and mod.recipe.quantized:
+        base = QuantLinear.from_module(_linear(w, mod.bias), mod.recipe, name=mod.name)
+        base.seed = mod.seed
+        base.sr_offset.copy_(mod.sr_offset)
+    else:
+        base = _linear(w, mod.bias)
+    base.is_2to4 = True
+    if not mod.slorb_k:
+        return base
+    down = nn.Linear(mod.in_features, mod.in_features // mod.slorb_k, bias=False, device=w.device, dtype=w.dtype)
+    up = nn.Linear(mod.in_features // mod.slorb_k, mod.out_features, bias=False, device=w.device, dtype=w.dtype)
+    down.weight.copy_(mod.slorb_p)
+    up.weight.copy_(mod.slorb_s)
+    return SparseWithLowRank(base, down, up)
+
+
+@torch.no_grad()
+def export(model: nn.Module, optimizer=None, inplace: bool = False) -> nn.Module:
+    """Plain modules with exactly 2:4 weights (a copy unless ``inplace``).  ``optimizer``:
+    the AdamS that trained CAST layers (its masks); without it CAST layers use top-2:4 of |W|."""
+    cast = {name: mask for name, mod in model.named_modules() if isinstance(mod, CASTLinear)
+            for m2, mask in cast_masks(model, optimizer).items() if m2 is mod}
+    out = model if inplace else copy.deepcopy(model)
+
+    def new_module(name, mod):
+        if isinstance(mod, SparseLinear):
+            return _export_sparse_linear(mod)
+        if isinstance(mod, CASTLinear):
+            lin = _linear(mod.effective_weight() * cast[name].to(mod.weight.device), mod.bias)
+            lin.is_2to4 = True
+            return lin
+        return None
+
+    replaced = _replace(out, new_module)
+    if not replaced:
+        raise ValueError("the model holds no SparseLinear or CASTLinear layer to export")
+    return out
+
+
+def _replace(model: nn.Module, fn, prefix: str = "") -> int:
+    count = 0
+    for child_name, child in list(model.named_children()):
+        fqn = f"{prefix}.{child_name}" if prefix else child_name
+        new = fn(fqn, child)
+        if new is not None:
+            setattr(model, child_name, new)
+            count += 1
+        else:
+            count += _replace(child, fn, fqn)
+    return count
+
+
+def sparse_linears(model: nn.Module):
+    """(name, module) of every layer ``export`` made 2:4 (flagged ``is_2to4``)."""
+    return [(name, mod) for name, mod in model.named_modules() if getattr(mod, "is_2to4", False)]
+
+
+class Compressed24Linear(nn.Module):
+    """A 2:4 linear layer stored compressed: ``values`` (out, in/2) and ``meta`` (out, in/8) uint8."""
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.register_buffer("values", values)
+        self.register_buffer("meta", meta)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.in_features, self.out_features = values.shape[1] * 2, values.shape[0]
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> "Compressed24Linear":
+        w = lin.weight.detach()
+        groups = (w.reshape(-1, 4) != 0).sum(-1)
+        if bool((groups > 2).any()):
+            raise ValueError("weight is not 2:4 (a group of 4 holds more than 2 non-zeros)")
+        mask = nm_mask(w.float().abs())                  # keeps every non-zero (ties: lower index)
+        values, meta = lowprec.reference.sparsity.compress_24(w, mask)
+        return cls(values, meta, lin.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return lowprec.reference.sparsity.decompress_24(self.values, self.meta)
+
+    def to_linear(self) -> nn.Linear:
+        lin = _linear(self.dense_weight(), self.bias)
+        lin.is_2to4 = True
+        return lin
+
+    def forward(self, x):
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, 2:4 compressed"
+
+
+def compress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Every exported plain 2:4 nn.Linear (also inside SparseWithLowRank) -> Compressed24Linear."""
+    out = model if inplace else copy.deepcopy(model)
+    def fn(name, mod):
+        if type(mod) is nn.Linear and getattr(mod, "is_2to4", False) and mod.in_features % 8 == 0:
+            return Compressed24Linear.from_linear(mod)
+        return None
+    _replace(out, fn)
+    return out
+
+
+def decompress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    out = model if inplace else copy.deepcopy(model)
+    _replace(out, lambda name, mod: mod.to_linear() if isinstance(mod, Compressed24Linear) else None)
+    return out
+
+
+def semi_structured_limits(weight: torch.Tensor) -> Optional[str]:
+    """Why ``torch.sparse.to_sparse_semi_structured`` cannot take ``weight`` (None if it can)."""
+    if weight.device.type != "cuda":
+        return f"semi-structured sparse GEMMs run on CUDA only, the weight is on {weight.device}"
+    if weight.dim() != 2 or not weight.is_contiguous():
+        return "the weight must be a contiguous 2-D tensor"
+    from torch.sparse import SparseSemiStructuredTensor as S, SparseSemiStructuredTensorCUSPARSELT as L
+    from torch.sparse import SparseSemiStructuredTensorCUTLASS as C
+    cls = C if S._FORCE_CUTLASS else L
+    limits = cls._DTYPE_SHAPE_CONSTRAINTS
+    if weight.dtype not in limits:
+        return f"dtype {weight.dtype} is not supported by {cls.__name__} (supported: {sorted(map(str, limits))})"
+    r, c = weight.shape
+    lim = limits[weight.dtype]
+    if r < lim.sparse_min_rows or r % lim.sparse_min_rows or c < lim.sparse_min_cols or c % lim.sparse_min_cols:
+        return (f"shape {tuple(weight.shape)} is not a multiple of ({lim.sparse_min_rows}, {lim.sparse_min_cols}) "
+                f"required by {cls.__name__} for {weight.dtype}")
+    if not bool(((weight.reshape(-1, 4) != 0).sum(-1) <= 2).all()):
+        return "the weight is not 2:4"
+    return None
+
+
+@torch.no_grad()
+def to_semi_structured(model: nn.Module) -> nn.Module:
+    """Swap every exported 2:4 nn.Linear weight for a SparseSemiStructuredTensor (in place).
+    Raises with the reason for the first weight that does not meet the limits."""
+    for name, mod in sparse_linears(model):
+        if type(mod) is nn.Linear:
+            why = semi_structured_limits(mod.weight)
+            if why:
+                raise ValueError(f"{name}: {why}")
+            mod.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(mod.weight), requires_grad=False)
+    return model
