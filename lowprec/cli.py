@@ -6,6 +6,15 @@ import argparse
 import sys
 
 
+def _sparse_simulate():
+    """The sparse package's simulation, when it is installed (lowprec does not depend on it)."""
+    try:
+        from sparse import simulate as sparse_simulate
+    except ImportError:
+        return None
+    return sparse_simulate
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lowprec", description="lowprec: low-precision compute engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -15,6 +24,9 @@ def main(argv=None) -> int:
     from .sim import simulate
     p_sim = sub.add_parser("simulate", help="train a tiny LM on the CPU under each recipe and compare losses")
     simulate.add_arguments(p_sim)
+    sparse_sim = _sparse_simulate()
+    if sparse_sim is not None:
+        sparse_sim.add_arguments(p_sim)
     from . import diagnose
     p_diag = sub.add_parser("diagnose", help="per-layer SQNR of a recipe's operands and GEMMs, worst layers first")
     diagnose.add_arguments(p_diag)
@@ -23,7 +35,10 @@ def main(argv=None) -> int:
         from .demo import run_demo
         run_demo(args.json)
     elif args.command == "simulate":
-        simulate.run(args)
+        if getattr(args, "sparse", None):
+            sparse_sim.run(args)
+        else:
+            simulate.run(args)
     elif args.command == "diagnose":
         diagnose.run(args)
     elif args.command == "backends":
