@@ -40,6 +40,10 @@ def add_arguments(p):
     p.add_argument("--sparse-lr", type=float, default=1e-3, help="peak lr of the sparse phase")
     p.add_argument("--ast-lam", type=float, default=0.05, help="AST masked-decay λ at this model's scale")
     p.add_argument("--cast-lam", type=float, default=2e-3, help="AdamS λ at this model's scale")
+    p.add_argument("--ast-alpha", type=float, default=1 / 3,
+                   help="AST's CE weight α (1 = no distillation; the teacher is the dense checkpoint)")
+    p.add_argument("--ast-temperature", type=float, default=2.0)
+    p.add_argument("--cast-eta", type=float, default=1 / 3, help="CAST's KL weight η (0 = no distillation)")
 
 
 def _keep_head(module, name):
@@ -52,9 +56,10 @@ def _config(method: str, args, steps: int):
     if method == "oneshot":
         return SRSTEConfig(decay=0.0, mask_interval=0)          # mask fixed at the one-shot magnitude prune
     if method == "ast":
-        return ASTConfig(mask_interval=10, lam=args.ast_lam, ramp_steps=max(1, steps // 4), slorb_k=16)
+        return ASTConfig(mask_interval=10, lam=args.ast_lam, ramp_steps=max(1, steps // 4), slorb_k=16,
+                         alpha=args.ast_alpha, temperature=args.ast_temperature)
     if method == "cast":
-        return CASTConfig(lam=args.cast_lam, mask_interval=10)
+        return CASTConfig(lam=args.cast_lam, mask_interval=10, eta=args.cast_eta)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -221,7 +226,8 @@ def run(args) -> dict:
     payload = {"summary": rows, "runs": [r.to_dict() for r in runs],
                "config": {"pretrain": dataclasses.asdict(pre), "sparse_phase": dataclasses.asdict(cfg),
                           "methods": methods, "seeds": args.seeds, "ast_lam": args.ast_lam,
-                          "cast_lam": args.cast_lam}}
+                          "cast_lam": args.cast_lam, "ast_alpha": args.ast_alpha,
+                          "ast_temperature": args.ast_temperature, "cast_eta": args.cast_eta}}
     (out / "simulate_sparse.json").write_text(json.dumps(payload, indent=1) + "\n")
     plotted = plot(out / "simulate_sparse_loss.png", runs, f"2:4 methods from one dense checkpoint, seeds {args.seeds}")
     print(f"wrote {out / 'simulate_sparse.json'}" + (f" and {out / 'simulate_sparse_loss.png'}" if plotted else ""))
