@@ -16,6 +16,7 @@ at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_ef
 at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
 at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
+void galore_update_cpu(at::Tensor& w, const at::Tensor& a, const at::Tensor& b, double coef, double c_wd);
 void masked_adam_step_cpu(at::Tensor& w, const at::Tensor& g, at::Tensor& m, at::Tensor& v,
                           const c10::optional<at::Tensor>& mask, int64_t mode, c10::ArrayRef<double> scalars);
 #ifdef LOWPREC_WITH_CUDA
@@ -43,6 +44,7 @@ TORCH_LIBRARY(lowprec, m) {
   m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
   m.def("nm_mask(Tensor scores, int n, int m) -> Tensor");
   m.def("compress_24(Tensor w, Tensor mask) -> (Tensor, Tensor)");
+  m.def("galore_update_(Tensor(a!) w, Tensor a, Tensor b, float coef, float c_wd) -> ()");
   m.def("masked_adam_step_(Tensor(a!) w, Tensor g, Tensor(b!) m, Tensor(c!) v, Tensor? mask, int mode, "
         "float[] scalars) -> ()");
 }
@@ -60,6 +62,7 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("nm_mask", &lowprec::nm_mask_cpu);
   m.impl("compress_24", &lowprec::compress_24_cpu);
   m.impl("masked_adam_step_", &lowprec::masked_adam_step_cpu);
+  m.impl("galore_update_", &lowprec::galore_update_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -32,3 +32,4 @@ def _fake_compress(w, mask):
 
 
 torch.library.register_fake("lowprec::masked_adam_step_")(lambda w, g, m, v, mask, mode, scalars: None)
+torch.library.register_fake("lowprec::galore_update_")(lambda w, a, b, coef, c_wd: None)

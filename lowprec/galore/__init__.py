@@ -1,0 +1,10 @@
+"""GaLore: gradient low-rank projection optimizers (GALORE.md)."""
+
+from .fused import galore_update_
+from .layerwise import LayerwiseOptimizer
+from .optim import GaLoreAdafactor, GaLoreAdamW, galore_param_groups, optimizer_state_formula
+from .projector import GaLoreProjector, ProjectorConfig, randomized_svd, subspace_similarity, thin_svd
+
+__all__ = ["GaLoreAdamW", "GaLoreAdafactor", "GaLoreProjector", "ProjectorConfig", "LayerwiseOptimizer",
+           "galore_param_groups", "optimizer_state_formula", "galore_update_", "randomized_svd", "thin_svd",
+           "subspace_similarity"]

@@ -1,0 +1,340 @@
+"""GaLore optimizers (GALORE.md), following torch.optim conventions.
+
+Param groups with a ``rank`` key are projected; the others (and any non-2-D parameter in
+such a group) take the plain update.  Group keys: ``rank``, ``update_proj_gap``, ``scale``,
+``proj_type``, ``refresh`` ("svd" | "randomized"), ``oversample``, ``power_iters``,
+``lazy_threshold``, ``moment_policy`` ("keep" | "reproject" | "reset": what the moments do
+when the projector changes), ``state_format`` (moments in "fp32" or a lowprec format,
+stochastically rounded) and ``proj_format`` (projector stored in a lowprec format, nearest).
+
+GaLoreAdamW, per projected W (m × n) with gradient G (already all-reduced under DDP):
+    R = project(G);   M ← β1 M + (1−β1) R;   V ← β2 V + (1−β2) R²
+    N = (M / (1−β1^t)) / (sqrt(V / (1−β2^t)) + ε)
+    W ← W (1 − lr·wd) − lr · α · project_back(N)
+(the last line is the fused update of ``lowprec.galore.fused``; the full-rank update is
+never materialized on the fast backends).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from . import state as lowbit
+from .fused import galore_update_
+from .projector import GaLoreProjector, ProjectorConfig
+
+MOMENT_POLICIES = ("keep", "reproject", "reset")
+PROJ_KEYS = ("rank", "update_proj_gap", "scale", "proj_type", "refresh", "oversample", "power_iters",
+             "lazy_threshold")
+
+
+def _proj_config(group) -> ProjectorConfig:
+    return ProjectorConfig(**{k: group[k] for k in PROJ_KEYS})
+
+
+class _GaLoreBase(torch.optim.Optimizer):
+    def __init__(self, params, defaults: dict, seed: int = 0, backend: str = "auto"):
+        gal = dict(update_proj_gap=200, scale=0.25, proj_type="std", refresh="svd", oversample=8, power_iters=2,
+                   lazy_threshold=None, moment_policy="keep", state_format="fp32", proj_format=None)
+        for k, v in gal.items():
+            defaults.setdefault(k, v)
+        super().__init__(params, defaults)
+        self.seed, self.backend = int(seed), backend
+        self._index = {}
+        for group in self.param_groups:
+            if group.get("rank") is not None:
+                _proj_config(group)                        # validates
+                if group["moment_policy"] not in MOMENT_POLICIES:
+                    raise ValueError(f"moment_policy must be one of {MOMENT_POLICIES}")
+                lowbit.check_state_format(group["state_format"])
+                if group["proj_format"] is not None:
+                    lowbit.check_state_format(group["proj_format"])
+            for p in group["params"]:
+                self._index[p] = len(self._index)
+        self._projectors = {}
+
+    # -- projector cache over tensor-only state ---------------------------------------------
+    def _projector(self, p, group, state) -> GaLoreProjector:
+        proj = self._projectors.get(p)
+        if proj is None:
+            proj = GaLoreProjector(_proj_config(group), p.shape, seed=self.seed * 65_537 + self._index[p])
+            if "projector" in state:
+                saved = dict(state["projector"])
+                if group["proj_format"] is not None and saved.get("p_stored") is not None:
+                    saved["p"] = lowbit.load(saved["p_stored"], group["proj_format"], saved["p_shape"].tolist())
+                proj.load_state_dict(saved)
+            self._projectors[p] = proj
+        return proj
+
+    def _save_projector(self, proj: GaLoreProjector, group, state) -> None:
+        sd = proj.state_dict()
+        if group["proj_format"] is not None and proj.p is not None and proj.p.numel():
+            if "p_stored" not in state.get("projector", {}) or state["projector"].get("refreshes") != proj.refreshes:
+                q = _quantize_nearest(proj.p, group["proj_format"])
+                proj.p = lowbit.load(q, group["proj_format"], proj.p.shape)      # use what is stored
+            else:
+                q = state["projector"]["p_stored"]
+            sd = proj.state_dict()
+            sd["p_stored"], sd["p_shape"] = q, torch.tensor(list(proj.p.shape))
+            sd["p"] = None
+        state["projector"] = sd
+
+    def is_projected(self, p, group) -> bool:
+        return group.get("rank") is not None and p.dim() == 2
+
+    # -- moments -----------------------------------------------------------------------------
+    def _moment(self, state, name, group, shape, sqrt=False) -> torch.Tensor:
+        return lowbit.load(state[name], group["state_format"], shape, sqrt=sqrt)
+
+    def _store_moment(self, state, name, x, group, sqrt=False) -> None:
+        stored, used = lowbit.store(x, group["state_format"], int(state["sr_seed"]), int(state["sr_offset"]), sqrt)
+        state[name] = stored
+        state["sr_offset"] += used
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim casts floating state to the parameter's dtype; GaLore's state is fp32
+        (and quantized codes), so restore it exactly after the generic load."""
+        saved = copy.deepcopy(state_dict["state"])
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for idx, st in saved.items():
+            p = params[idx]
+            self.state[p] = _to_device(st, p.device)
+        self._projectors = {}
+
+    def state_bytes(self) -> int:
+        """Bytes held by the optimizer state tensors (moments, projectors, master copies)."""
+        return _tensor_bytes(self.state)
+
+
+def _quantize_nearest(x, fmt_name):
+    from ..functional import quantize
+    q = quantize(x.float().contiguous(), fmt_name, rounding="nearest")
+    out = {"codes": q.codes, "scales": q.scales}
+    if q.tensor_scale is not None:
+        out["tensor_scale"] = q.tensor_scale
+    return out
+
+
+def _to_device(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+class GaLoreAdamW(_GaLoreBase):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 rank: Optional[int] = None, seed: int = 0, backend: str = "auto", **galore):
+        if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid lr={lr}, eps={eps} or betas={betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank, **galore)
+        super().__init__(params, defaults, seed=seed, backend=backend)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.step_param(p, group)
+        return loss
+
+    @torch.no_grad()
+    def step_param(self, p: torch.Tensor, group: dict) -> None:
+        """One update of ``p`` (used by ``step`` and by layer-wise hooks)."""
+        if p.grad.is_sparse:
+            raise RuntimeError("GaLoreAdamW does not support sparse gradients")
+        state = self.state[p]
+        projected = self.is_projected(p, group)
+        g = p.grad.float()
+        fmt = group["state_format"] if projected else "fp32"
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+            state["sr_seed"] = torch.tensor((self.seed * 1_000_003 + self._index[p]) & 0x7FFFFFFF)
+            state["sr_offset"] = torch.zeros((), dtype=torch.int64)
+        step = int(state["step"])
+        if projected:
+            proj = self._projector(p, group, state)
+            old = (proj.p, proj.p_right)
+            refreshed = proj.maybe_refresh(g, step)
+            r = proj.project(g)
+            if refreshed and "exp_avg" in state and old[0] is not None:
+                self._apply_moment_policy(state, group, proj, old, r.shape)
+            self._save_projector(proj, group, state)
+        else:
+            r = g
+        b1, b2 = group["betas"]
+        grp = group if projected else dict(group, state_format="fp32")
+        if "exp_avg" in state:
+            m = self._moment(state, "exp_avg", grp, r.shape)
+            v = self._moment(state, "exp_avg_sq", grp, r.shape, sqrt=fmt != "fp32")
+        else:
+            m, v = torch.zeros_like(r), torch.zeros_like(r)
+        m.mul_(b1).add_(r, alpha=1 - b1)
+        v.mul_(b2).addcmul_(r, r, value=1 - b2)
+        state["step"] += 1
+        t = int(state["step"])
+        n = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
+        self._store_moment(state, "exp_avg", m, grp)
+        self._store_moment(state, "exp_avg_sq", v, grp, sqrt=fmt != "fp32")
+        self._apply_update(p, n, group, proj if projected else None)
+        if projected and group["proj_format"] is not None:
+            self._projectors.pop(p, None)          # only the quantized projector stays resident
+
+    def _apply_update(self, p, n, group, proj):
+        lr, wd = group["lr"], group["weight_decay"]
+        master = self.state[p].get("master")
+        if master is None and p.dtype != torch.float32:
+            master = self.state[p]["master"] = p.detach().float().clone()
+        w = master if master is not None else p
+        c_wd = 1.0 - lr * wd
+        if proj is None:
+            w.mul_(c_wd).add_(n, alpha=-lr)
+        else:
+            galore_update_(w, proj, n, lr * group["scale"], c_wd, backend=self.backend)
+        if master is not None:
+            p.copy_(master)
+
+    def _apply_moment_policy(self, state, group, proj, old, shape):
+        policy = group["moment_policy"]
+        if policy == "keep" or proj.identity:
+            return
+        if policy == "reset":
+            del state["exp_avg"], state["exp_avg_sq"]
+            return
+        # reproject: M_new = project(project_back_old(M)); V likewise, clamped at 0
+        old_proj = copy.copy(proj)
+        old_proj.p, old_proj.p_right = old
+        for name, sq in (("exp_avg", False), ("exp_avg_sq", True)):
+            fmt_sqrt = sq and group["state_format"] != "fp32"
+            x = self._moment(state, name, group, shape, sqrt=fmt_sqrt)
+            x = proj.project(old_proj.project_back(x))
+            if sq:
+                x = x.clamp_min(0)
+            self._store_moment(state, name, x, group, sqrt=fmt_sqrt)
+
+
+class GaLoreAdafactor(_GaLoreBase):
+    """Adafactor on the projected gradient (factored second moment for 2-D states):
+        ρ_t = 1 − t^(−0.8);  Vr ← ρ Vr + (1−ρ) mean_col(R² + ε1);  Vc ← ρ Vc + (1−ρ) mean_row(R² + ε1)
+        V̂ = Vr Vc^T / mean(Vr);  U = R / sqrt(V̂);  U ← U / max(1, RMS(U) / d)
+        [M ← β1 M + (1−β1) U;  U = M]          (when beta1 is given)
+        W ← W (1 − lr·wd) − lr · α · project_back(U)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, beta1: Optional[float] = None, eps1: float = 1e-30,
+                 clip_threshold: float = 1.0, decay_rate: float = -0.8, weight_decay: float = 0.0,
+                 rank: Optional[int] = None, seed: int = 0, backend: str = "auto", **galore):
+        defaults = dict(lr=lr, beta1=beta1, eps1=eps1, clip_threshold=clip_threshold, decay_rate=decay_rate,
+                        weight_decay=weight_decay, rank=rank, **galore)
+        super().__init__(params, defaults, seed=seed, backend=backend)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.step_param(p, group)
+        return loss
+
+    @torch.no_grad()
+    def step_param(self, p, group):
+        state = self.state[p]
+        projected = self.is_projected(p, group)
+        g = p.grad.float()
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+        step = int(state["step"])
+        proj = None
+        if projected:
+            proj = self._projector(p, group, state)
+            proj.maybe_refresh(g, step)
+            r = proj.project(g)
+            self._save_projector(proj, group, state)
+        else:
+            r = g
+        state["step"] += 1
+        t = int(state["step"])
+        rho = 1.0 - t ** group["decay_rate"]
+        sq = r * r + group["eps1"]
+        if r.dim() >= 2:
+            if "row" not in state:
+                state["row"] = torch.zeros(r.shape[:-1], dtype=torch.float32, device=r.device)
+                state["col"] = torch.zeros(r.shape[:-2] + r.shape[-1:], dtype=torch.float32, device=r.device)
+            state["row"].mul_(rho).add_(sq.mean(-1), alpha=1 - rho)
+            state["col"].mul_(rho).add_(sq.mean(-2), alpha=1 - rho)
+            row, col = state["row"], state["col"]
+            v_hat = (row / row.mean(-1, keepdim=True)).unsqueeze(-1) * col.unsqueeze(-2)
+        else:
+            if "v" not in state:
+                state["v"] = torch.zeros_like(r)
+            state["v"].mul_(rho).add_(sq, alpha=1 - rho)
+            v_hat = state["v"]
+        u = r / v_hat.sqrt()
+        u.div_(max(1.0, float(u.pow(2).mean().sqrt()) / group["clip_threshold"]))
+        if group["beta1"] is not None:
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(u)
+            state["exp_avg"].mul_(group["beta1"]).add_(u, alpha=1 - group["beta1"])
+            u = state["exp_avg"]
+        lr, wd = group["lr"], group["weight_decay"]
+        if proj is None:
+            p.mul_(1 - lr * wd).add_(u.to(p.dtype), alpha=-lr)
+        else:
+            w = p if p.dtype == torch.float32 else p.detach().float()
+            galore_update_(w, proj, u, lr * group["scale"], 1 - lr * wd, backend=self.backend)
+            if w is not p:
+                p.copy_(w)
+
+
+def galore_param_groups(model: torch.nn.Module, rank: int, exclude=("embed", "head", "lm_head", "norm", "ln"),
+                        **galore) -> list:
+    """Two groups: 2-D weights of linear layers whose names contain none of ``exclude``
+    are projected; everything else (embeddings, norms, the head, biases) is plain."""
+    proj, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.split(".")
+        if p.dim() == 2 and not any(e in part for part in leaf for e in exclude):
+            proj.append(p)
+        else:
+            plain.append(p)
+    return [{"params": proj, "rank": rank, **galore}, {"params": plain}]
+
+
+def optimizer_state_formula(model_or_params, rank: int, proj_type: str = "std") -> dict:
+    """Predicted fp32 numbers per projected matrix: 2·m·r or 2·r·n moments plus the projector."""
+    from .projector import resolve_side
+    out = {}
+    for i, p in enumerate(model_or_params):
+        m, n = p.shape
+        side = resolve_side(proj_type, (m, n))
+        r = min(rank, m if side == "left" else n)
+        out[i] = (2 * r * n + m * r) if side == "left" else (2 * m * r + r * n)
+    return out
+
+
+__all__ = ["GaLoreAdamW", "GaLoreAdafactor", "galore_param_groups", "optimizer_state_formula"]

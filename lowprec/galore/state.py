@@ -1,0 +1,61 @@
+"""Optimizer moments stored in a lowprec format with stochastic rounding.
+
+A moment is kept as plain tensors (``codes``, ``scales``, optional ``tensor_scale``) so that
+``state_dict()`` holds nothing but tensors.  The second moment v >= 0 spans many decades,
+so it is stored as sqrt(v) (half the dynamic range) and squared on load.  Rounding is
+stochastic with Philox bits from (seed, offset); the offset advances by the padded element
+count of every write, so a resumed run draws the same bits.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..formats import get_format
+from ..functional import quantize
+from ..tensor import QuantizedTensor
+
+STATE_FORMATS = ("fp32", "mxfp8", "nvfp4", "mxfp4", "ue5m3")
+
+
+def check_state_format(name: str) -> None:
+    if name not in STATE_FORMATS:
+        raise ValueError(f"unknown state format {name!r}; expected one of {STATE_FORMATS}")
+
+
+def _padded_numel(shape, block: int) -> int:
+    lead = 1
+    for d in shape[:-1]:
+        lead *= int(d)
+    return lead * (-(-int(shape[-1]) // block) * block)
+
+
+def store(x: torch.Tensor, fmt_name: str, seed: int, offset: int, sqrt: bool = False):
+    """(state dict of the stored moment, Philox elements consumed)."""
+    if fmt_name == "fp32":
+        return {"value": x.float().contiguous()}, 0
+    fmt = get_format(fmt_name)
+    src = x.float().clamp_min(0).sqrt() if sqrt else x.float()
+    q = quantize(src.contiguous(), fmt, rounding="stochastic", seed=seed, offset=offset)
+    out = {"codes": q.codes, "scales": q.scales}
+    if q.tensor_scale is not None:
+        out["tensor_scale"] = q.tensor_scale
+    return out, _padded_numel(src.shape, fmt.block_size)
+
+
+def load(stored: dict, fmt_name: str, shape, sqrt: bool = False) -> torch.Tensor:
+    if fmt_name == "fp32":
+        return stored["value"]
+    fmt = get_format(fmt_name)
+    q = QuantizedTensor(stored["codes"], stored["scales"], stored.get("tensor_scale"), fmt, torch.Size(shape),
+                        torch.float32, -1)
+    x = q.dequantize(torch.float32)
+    return x * x if sqrt else x
+
+
+def nbytes(stored: Optional[dict]) -> int:
+    if stored is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in stored.values() if torch.is_tensor(t))
