@@ -9,6 +9,7 @@ count of every write, so a resumed run draws the same bits.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -18,6 +19,16 @@ from ..functional import quantize
 from ..tensor import QuantizedTensor
 
 STATE_FORMATS = ("fp32", "mxfp8", "nvfp4", "mxfp4", "ue5m3")
+
+
+def state_format(name: str):
+    """The preset with a scale rule that never clips the block maximum (e8m0: ceil; coded
+    minifloat scales: rounded up), so that stochastic rounding stays unbiased for every
+    element; the floor / nearest rules of the presets saturate the largest element."""
+    fmt = get_format(name)
+    if fmt.scale.kind == "e8m0":
+        return dataclasses.replace(fmt, scale_rule="ceil")
+    return dataclasses.replace(fmt, scale_rounding="up")
 
 
 def check_state_format(name: str) -> None:
@@ -36,7 +47,7 @@ def store(x: torch.Tensor, fmt_name: str, seed: int, offset: int, sqrt: bool = F
     """(state dict of the stored moment, Philox elements consumed)."""
     if fmt_name == "fp32":
         return {"value": x.float().contiguous()}, 0
-    fmt = get_format(fmt_name)
+    fmt = state_format(fmt_name)
     src = x.float().clamp_min(0).sqrt() if sqrt else x.float()
     q = quantize(src.contiguous(), fmt, rounding="stochastic", seed=seed, offset=offset)
     out = {"codes": q.codes, "scales": q.scales}
@@ -48,7 +59,7 @@ def store(x: torch.Tensor, fmt_name: str, seed: int, offset: int, sqrt: bool = F
 def load(stored: dict, fmt_name: str, shape, sqrt: bool = False) -> torch.Tensor:
     if fmt_name == "fp32":
         return stored["value"]
-    fmt = get_format(fmt_name)
+    fmt = state_format(fmt_name)
     q = QuantizedTensor(stored["codes"], stored["scales"], stored.get("tensor_scale"), fmt, torch.Size(shape),
                         torch.float32, -1)
     x = q.dequantize(torch.float32)
