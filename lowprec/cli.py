@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     from .sim import simulate
     p_sim = sub.add_parser("simulate", help="train a tiny LM on the CPU under each recipe and compare losses")
     simulate.add_arguments(p_sim)
+    from .sim import optimizers as optimizer_sim
+    optimizer_sim.add_arguments(p_sim)
     sparse_sim = _sparse_simulate()
     if sparse_sim is not None:
         sparse_sim.add_arguments(p_sim)
@@ -35,8 +37,12 @@ def main(argv=None) -> int:
         from .demo import run_demo
         run_demo(args.json)
     elif args.command == "simulate":
+        if getattr(args, "sparse", None) and args.optimizer:
+            parser.error("--sparse and --optimizer are separate comparisons; pass one")
         if getattr(args, "sparse", None):
             sparse_sim.run(args)
+        elif args.optimizer:
+            optimizer_sim.run(args)
         else:
             simulate.run(args)
     elif args.command == "diagnose":

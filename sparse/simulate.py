@@ -27,7 +27,6 @@ from lowprec.sim.train import TrainConfig, evaluate, lr_at
 from .configs import ASTConfig, CASTConfig, SRSTEConfig
 from .export import export, sparse_linears
 from .masks import flip_rate, fraction_nm, magnitude_mask
-from .nn import CASTLinear, SparseLinear
 from .train import SparseTrainer
 
 METHODS = ("dense", "oneshot", "srste", "ast", "cast")

@@ -1,7 +1,6 @@
 """AdamS and AST's AdamW against the equations of SPARSE_TRAINING.md, worked by hand on a
 tiny tensor in float64 scalar arithmetic, and checkpoint resume."""
 
-import copy
 import math
 
 import pytest

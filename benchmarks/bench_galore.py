@@ -1,0 +1,159 @@
+"""GaLore on this CPU: (1) optimizer-state memory against AdamW, measured from the state
+tensors after one step, on the simulate model and on LLaMA-shaped models built from a
+config (transformers' LlamaConfig); (2) projector refresh time, full SVD against the
+randomized range finder, with the subspace error; (3) amortized optimizer-step time against
+AdamW on a LLaMA-shaped layer stack.
+
+Usage: python benchmarks/bench_galore.py [--parts memory refresh step] [--quick]
+"""
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from lowprec.bench.harness import print_table, time_fn, write_results
+from lowprec.galore import GaLoreAdamW, galore_param_groups, randomized_svd, subspace_similarity, thin_svd
+from lowprec.sim.model import TinyLM
+
+LLAMA = {  # the GaLore paper's model sizes (hidden, intermediate, layers, heads), vocab 32000
+    "llama-60m": (512, 1376, 8, 8),
+    "llama-130m": (768, 2048, 12, 12),
+}
+RANK_RATIO = 0.25          # the paper: rank 128 of 512 (60M), 256 of 768 (130M), 512 of 2048 (1B)
+
+
+def llama(name):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    h, i, n, heads = LLAMA[name]
+    cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
+                      vocab_size=32000, max_position_embeddings=256)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg), h
+
+
+def state_bytes_after_one_step(model, opt):
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    if hasattr(opt, "state_bytes"):
+        return opt.state_bytes()
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def memory_rows(quick):
+    rows = []
+    models = [("tiny-lm (simulate)", lambda: (TinyLM(), 64))] + \
+        [(n, (lambda n=n: llama(n))) for n in (["llama-60m"] if quick else list(LLAMA))]
+    for name, build in models:
+        model, hidden = build()
+        rank = int(hidden * RANK_RATIO)
+        exclude = ("embed", "head", "lm_head", "norm", "ln", "pos")
+        base = None
+        for opt_name, make in [
+            ("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)),
+            ("galore", lambda m: GaLoreAdamW(galore_param_groups(m, rank, exclude=exclude), lr=1e-3)),
+            ("galore-8bit", lambda m: GaLoreAdamW(galore_param_groups(m, rank, exclude=exclude,
+                                                                      state_format="mxfp8"), lr=1e-3)),
+        ]:
+            for p in model.parameters():
+                p.grad = None
+            opt = make(model)
+            b = state_bytes_after_one_step(model, opt)
+            base = base or b
+            projected = sum(p.numel() for g in opt.param_groups if g.get("rank") for p in g["params"])
+            rows.append({"model": name, "optimizer": opt_name, "rank": rank if opt_name != "adamw" else None,
+                         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                         "projected_params_M": projected / 1e6 if opt_name != "adamw" else 0.0,
+                         "state_MiB": b / 2 ** 20, "vs_adamw": b / base, "saving": 1 - b / base})
+            del opt
+    return rows
+
+
+def refresh_rows(quick):
+    shapes = [(1024, 1024), (2048, 2048)] + ([] if quick else [(4096, 11008)])
+    rows = []
+    for m, n in shapes:
+        r = 128
+        g = torch.Generator().manual_seed(0)
+        # a gradient-like matrix: decaying spectrum plus noise
+        u, _ = torch.linalg.qr(torch.randn(m, 256, generator=g))
+        v, _ = torch.linalg.qr(torch.randn(n, 256, generator=g))
+        s = torch.logspace(0, -2, 256)
+        a = (u * s) @ v.T + 1e-3 * torch.randn(m, n, generator=g) / (m * n) ** 0.25
+        t_svd = time_fn(lambda: thin_svd(a), repeats=1 if m * n > 5e6 else 3)
+        u_ex, _, vt_ex = thin_svd(a)
+        for q in (0, 1, 2):
+            t = time_fn(lambda: randomized_svd(a, r, 8, q, torch.Generator().manual_seed(1)), repeats=3)
+            ur, _, vtr = randomized_svd(a, r, 8, q, torch.Generator().manual_seed(1))
+            rows.append({"shape": f"{m}x{n}", "rank": r, "method": f"randomized q={q}", "time_s": t["median_s"],
+                         "svd_time_s": t_svd["median_s"], "speedup": t_svd["median_s"] / t["median_s"],
+                         "subspace_error_left": 1 - subspace_similarity(u_ex[:, :r], ur[:, :r], "left"),
+                         "subspace_error_right": 1 - subspace_similarity(vt_ex[:r], vtr[:r], "right")})
+        rows.append({"shape": f"{m}x{n}", "rank": r, "method": "full svd", "time_s": t_svd["median_s"],
+                     "svd_time_s": t_svd["median_s"], "speedup": 1.0, "subspace_error_left": 0.0,
+                     "subspace_error_right": 0.0})
+    return rows
+
+
+def step_rows(quick):
+    """Optimizer step only (gradients given), a stack of LLaMA-60M-shaped matrices."""
+    h, i = 512, 1376
+    layers = 2 if quick else 4
+    shapes = [(h, h)] * 4 * layers + [(i, h), (i, h), (h, i)] * layers
+    rows = []
+    gap = 200
+    for name, make, refresh in [
+        ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-3), None),
+        ("galore svd", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap}], lr=1e-3), "svd"),
+        ("galore randomized", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap,
+                                                      "refresh": "randomized"}], lr=1e-3), "randomized"),
+        ("galore 8-bit", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap,
+                                                 "refresh": "randomized", "state_format": "mxfp8"}], lr=1e-3),
+         "randomized"),
+    ]:
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = make(ps)
+        t0 = time.perf_counter()
+        opt.step()                                   # first step: refresh (galore)
+        t_first = time.perf_counter() - t0
+        t = time_fn(opt.step, repeats=5, warmup=1)   # steps between refreshes
+        amortized = t["median_s"] + (t_first - t["median_s"]) / gap if refresh else t["median_s"]
+        rows.append({"optimizer": name, "refresh_step_s": t_first, "plain_step_s": t["median_s"],
+                     "amortized_step_s": amortized})
+    base = rows[0]["amortized_step_s"]
+    for r in rows:
+        r["vs_adamw"] = r["amortized_step_s"] / base
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--parts", nargs="+", default=["memory", "refresh", "step"])
+    ap.add_argument("--quick", action="store_true", help="small shapes only")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if "memory" in args.parts:
+        rows = memory_rows(args.quick)
+        print("\noptimizer-state memory (measured from the state tensors after one step)")
+        print_table(rows, ["model", "optimizer", "rank", "params_M", "projected_params_M", "state_MiB",
+                           "vs_adamw", "saving"])
+        print("wrote", write_results("galore_memory_cpu", rows))
+    if "refresh" in args.parts:
+        rows = refresh_rows(args.quick)
+        print("\nprojector refresh: full SVD vs randomized range finder (r=128, oversample 8)")
+        print_table(rows, ["shape", "method", "time_s", "speedup", "subspace_error_left", "subspace_error_right"])
+        print("wrote", write_results("galore_refresh_cpu", rows))
+    if "step" in args.parts:
+        rows = step_rows(args.quick)
+        print("\noptimizer step, LLaMA-60M-shaped matrices, rank 128, refresh every 200 steps")
+        print_table(rows, ["optimizer", "refresh_step_s", "plain_step_s", "amortized_step_s", "vs_adamw"])
+        print("wrote", write_results("galore_step_cpu", rows))
+
+
+if __name__ == "__main__":
+    main()
