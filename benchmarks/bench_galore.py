@@ -21,16 +21,40 @@ LLAMA = {  # the GaLore paper's model sizes (hidden, intermediate, layers, heads
     "llama-60m": (512, 1376, 8, 8),
     "llama-130m": (768, 2048, 12, 12),
 }
+LLAMA_FORMULA = {"llama-1b": (2048, 5461, 24, 32), "llama-7b": (4096, 11008, 32, 32)}
 RANK_RATIO = 0.25          # the paper: rank 128 of 512 (60M), 256 of 768 (130M), 512 of 2048 (1B)
 
 
-def llama(name):
+def llama(name, device=None):
     from transformers import LlamaConfig, LlamaForCausalLM
-    h, i, n, heads = LLAMA[name]
+    h, i, n, heads = {**LLAMA, **LLAMA_FORMULA}[name]
     cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=heads,
                       vocab_size=32000, max_position_embeddings=256)
     torch.manual_seed(0)
+    if device == "meta":
+        with torch.device("meta"):
+            return LlamaForCausalLM(cfg), h
     return LlamaForCausalLM(cfg), h
+
+
+def formula_rows():
+    """fp32 state numbers from the shapes alone (meta tensors): AdamW 2 per parameter;
+    GaLore 2·m·r or 2·r·n plus the projector for projected matrices, 2 per parameter else."""
+    from lowprec.galore import optimizer_state_formula
+    rows = []
+    for name in list(LLAMA) + list(LLAMA_FORMULA):
+        model, hidden = llama(name, device="meta")
+        rank = int(hidden * RANK_RATIO)
+        groups = galore_param_groups(model, rank, exclude=("embed", "head", "lm_head", "norm", "ln", "pos"))
+        proj, plain = groups[0]["params"], groups[1]["params"]
+        adamw = 2 * sum(p.numel() for p in model.parameters())
+        galore_proj = sum(optimizer_state_formula(proj, rank).values())
+        galore = galore_proj + 2 * sum(p.numel() for p in plain)
+        proj_adamw = 2 * sum(p.numel() for p in proj)
+        rows.append({"model": name, "rank": rank, "params_M": adamw / 2e6, "adamw_state_GiB": 4 * adamw / 2 ** 30,
+                     "galore_state_GiB": 4 * galore / 2 ** 30, "saving_all": 1 - galore / adamw,
+                     "saving_projected_layers": 1 - galore_proj / proj_adamw})
+    return rows
 
 
 def state_bytes_after_one_step(model, opt):
@@ -133,7 +157,7 @@ def step_rows(quick):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="+", default=["memory", "refresh", "step"])
+    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step"])
     ap.add_argument("--quick", action="store_true", help="small shapes only")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -143,6 +167,12 @@ def main():
         print_table(rows, ["model", "optimizer", "rank", "params_M", "projected_params_M", "state_MiB",
                            "vs_adamw", "saving"])
         print("wrote", write_results("galore_memory_cpu", rows))
+    if "formula" in args.parts:
+        rows = formula_rows()
+        print("\noptimizer-state size from the shapes (fp32 numbers), rank = hidden / 4")
+        print_table(rows, ["model", "rank", "params_M", "adamw_state_GiB", "galore_state_GiB", "saving_all",
+                           "saving_projected_layers"])
+        print("wrote", write_results("galore_memory_formula", rows))
     if "refresh" in args.parts:
         rows = refresh_rows(args.quick)
         print("\nprojector refresh: full SVD vs randomized range finder (r=128, oversample 8)")
