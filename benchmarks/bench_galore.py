@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from lowprec.bench.harness import print_table, time_fn, write_results
-from lowprec.galore import GaLoreAdamW, galore_param_groups, randomized_svd, subspace_similarity, thin_svd
+from lowprec.galore import (GaLoreAdamW, galore_param_groups, optimizer_state_bytes, randomized_svd,
+                            subspace_similarity, thin_svd)
 from lowprec.sim.model import TinyLM
 
 LLAMA = {  # the GaLore paper's model sizes (hidden, intermediate, layers, heads), vocab 32000
@@ -61,9 +62,7 @@ def state_bytes_after_one_step(model, opt):
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
-    if hasattr(opt, "state_bytes"):
-        return opt.state_bytes()
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    return optimizer_state_bytes(opt)
 
 
 def memory_rows(quick):

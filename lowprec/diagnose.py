@@ -105,9 +105,8 @@ def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
     records = capture(model, inputs, loss_fn)
     rows = []
     for name, (x, w, dy) in records.items():
-        m_in, m_out = recipe.block_multiples()
         row = {"layer": name, "shape": f"{w.shape[0]}x{w.shape[1]}", "tokens": x.shape[0]}
-        if w.shape[1] % m_in or w.shape[0] % m_out:
+        if recipe.shape_mismatch(w.shape[1], w.shape[0]):
             row["note"] = "skipped by convert_model (shape not blockable)"
         row.update(diagnose_layer(x, w, dy, recipe, layer_seed(seed, name)))
         rows.append(row)

@@ -73,6 +73,11 @@ def random_bytes(seed: int, offset: int, numel: int, device=None, backend: str =
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, backend: str = "auto") -> torch.Tensor:
     """Keep the n largest scores of every m along the last dim (ties: lower index)."""
+    if not 0 < n <= m:
+        raise ValueError(f"need 0 < n <= m, got n={n}, m={m}")
+    if scores.dim() < 1 or scores.shape[-1] % m:
+        raise ValueError(f"cannot group a tensor of shape {tuple(scores.shape)} into groups of {m}: its last "
+                         f"dim (in_features) must be a multiple of {m}")
     return ops.resolve("nm_mask", backend, scores.device)(scores, n, m)
 
 

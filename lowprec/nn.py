@@ -72,10 +72,9 @@ class QuantLinear(nn.Module):
             in_f, out_f, layout = module.weight.shape[0], module.weight.shape[1], "in_out"
         else:
             return f"{type(module).__name__} is not a linear layer"
-        m_in, m_out = recipe.block_multiples()
-        if in_f % m_in or out_f % m_out:
-            return (f"shape in={in_f}, out={out_f} does not divide into the recipe's blocks "
-                    f"(in_features must be a multiple of {m_in}, out_features of {m_out})")
+        why = recipe.shape_mismatch(in_f, out_f)
+        if why:
+            return why
         q = cls.__new__(cls)
         nn.Module.__init__(q)
         q.in_features, q.out_features, q.recipe, q.weight_layout = in_f, out_f, recipe, layout

@@ -168,6 +168,14 @@ class Recipe:
         m_out = max(bs(d.lhs), bs(d.rhs), d.hadamard, tile(f.rhs), tile(w.lhs))
         return m_in, m_out
 
+    def shape_mismatch(self, in_features: int, out_features: int):
+        """Why a linear layer of this shape cannot run under the recipe (None when it can)."""
+        m_in, m_out = self.block_multiples()
+        if in_features % m_in or out_features % m_out:
+            return (f"shape in={in_features}, out={out_features} does not divide into the recipe's blocks "
+                    f"(in_features must be a multiple of {m_in}, out_features of {m_out})")
+        return None
+
     def describe(self) -> str:
         return (f"{self.name}: fprop[{self.fprop.describe()}] dgrad[{self.dgrad.describe()}] "
                 f"wgrad[{self.wgrad.describe()}] est={self.estimator}")

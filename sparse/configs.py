@@ -133,10 +133,9 @@ class SparseFP4Config:
         return self.sparse.can_convert(module)
 
     def convert_module(self, module, name: str = "", seed: int = 0):
-        m_in, m_out = self.recipe.block_multiples()
-        if module.in_features % m_in or module.out_features % m_out:
-            return (f"shape in={module.in_features}, out={module.out_features} does not divide into the "
-                    f"recipe's blocks ({m_in}, {m_out})")
+        why = self.recipe.shape_mismatch(module.in_features, module.out_features)
+        if why:
+            return why
         new = self.sparse.convert_module(module, name, seed=seed)
         if isinstance(new, str):
             return new

@@ -72,8 +72,8 @@ def _export_sparse_linear(mod: SparseLinear) -> nn.Module:
 def export(model: nn.Module, optimizer=None, inplace: bool = False) -> nn.Module:
     """Plain modules with exactly 2:4 weights (a copy unless ``inplace``).  ``optimizer``:
     the AdamS that trained CAST layers (its masks); without it CAST layers use top-2:4 of |W|."""
-    cast = {name: mask for name, mod in model.named_modules() if isinstance(mod, CASTLinear)
-            for m2, mask in cast_masks(model, optimizer).items() if m2 is mod}
+    masks = cast_masks(model, optimizer)
+    cast = {name: masks[mod] for name, mod in model.named_modules() if mod in masks}
     out = model if inplace else copy.deepcopy(model)
 
     def new_module(name, mod):

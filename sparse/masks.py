@@ -50,9 +50,6 @@ def scores_for(weight: torch.Tensor, score: ScoreSpec = "magnitude",
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, backend: str = "auto") -> torch.Tensor:
     """Boolean mask with exactly n of every m kept along the last dim (ties: lower index)."""
-    if scores.dim() < 1 or scores.shape[-1] % m:
-        raise ValueError(f"cannot group a tensor of shape {tuple(scores.shape)} into groups of {m}: its last "
-                         f"dim (in_features) must be a multiple of {m}")
     return lowprec.nm_mask(scores.float().contiguous(), n, m, backend=backend)
 
 

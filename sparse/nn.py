@@ -102,10 +102,9 @@ class SparseLinear(nn.Module):
         """Run the masked weight through ``recipe``'s quantized GEMMs (None: plain GEMM)."""
         self.recipe = get_recipe(recipe) if recipe is not None else None
         if self.recipe is not None:
-            m_in, m_out = self.recipe.block_multiples()
-            if self.in_features % m_in or self.out_features % m_out:
-                raise ValueError(f"shape in={self.in_features}, out={self.out_features} does not divide into "
-                                 f"the recipe's blocks ({m_in}, {m_out})")
+            why = self.recipe.shape_mismatch(self.in_features, self.out_features)
+            if why:
+                raise ValueError(why)
             self._plan = plan_for(self.recipe)
 
     # -- mask ---------------------------------------------------------------------------

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lowprec.sim.data import ByteCorpus
 from lowprec.sim.model import TinyLM, TinyLMConfig
-from lowprec.sim.train import TrainConfig, evaluate, lr_at
+from lowprec.sim.train import TrainConfig, evaluate, run_steps
 
 from .configs import ASTConfig, CASTConfig, SRSTEConfig
 from .export import export, sparse_linears
@@ -96,24 +95,7 @@ def run_method(method, seed, ckpt, cfg: TrainConfig, corpus, args, progress=None
                                 module_filter_fn=_keep_head, seed=seed)
         model, opt = trainer.model, trainer.optimizer
         step_fn = trainer.step
-    losses, t_train = [], 0.0
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, phase)
-        x, y = corpus.batch("train", cfg.batch_size, cfg.model.seq_len, g)
-        t0 = time.perf_counter()
-        if step_fn is None:
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss = loss.item()
-        else:
-            loss = step_fn(x, y)
-        t_train += time.perf_counter() - t0
-        losses.append(loss)
-        if progress is not None:
-            progress.update(1)
+    losses, t_train = run_steps(model, opt, corpus, phase, g, step_fn=step_fn, progress=progress)
     if method == "dense":
         final, flips, frac = model, 0.0, 0.0
     else:
@@ -130,17 +112,7 @@ def pretrain(seed, cfg: TrainConfig, corpus, progress=None):
     torch.manual_seed(seed)
     model = TinyLM(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = corpus.batch("train", cfg.batch_size, cfg.model.seq_len, g)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress is not None:
-            progress.update(1)
+    run_steps(model, opt, corpus, cfg, torch.Generator().manual_seed(seed), progress=progress)
     return copy.deepcopy(model.state_dict())
 
 

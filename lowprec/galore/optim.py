@@ -69,18 +69,37 @@ class _GaLoreBase(torch.optim.Optimizer):
             self._projectors[p] = proj
         return proj
 
-    def _save_projector(self, proj: GaLoreProjector, group, state) -> None:
-        sd = proj.state_dict()
-        if group["proj_format"] is not None and proj.p is not None and proj.p.numel():
-            if "p_stored" not in state.get("projector", {}) or state["projector"].get("refreshes") != proj.refreshes:
-                q = _quantize_nearest(proj.p, group["proj_format"])
-                proj.p = lowbit.load(q, group["proj_format"], proj.p.shape)      # use what is stored
+    def _save_projector(self, proj: GaLoreProjector, group, state, refreshed: bool) -> None:
+        """Projector state into ``state``; with ``proj_format`` P is stored microscaled (quantized
+        once per refresh, round to nearest) and the update computes with the stored values."""
+        fmt = group["proj_format"]
+        stored = None
+        if fmt is not None and not proj.identity:
+            if refreshed:
+                stored, _ = lowbit.store(proj.p, fmt, rounding="nearest")
+                proj.p = lowbit.load(stored, fmt, proj.p.shape)
             else:
-                q = state["projector"]["p_stored"]
-            sd = proj.state_dict()
-            sd["p_stored"], sd["p_shape"] = q, torch.tensor(list(proj.p.shape))
-            sd["p"] = None
+                stored = state["projector"]["p_stored"]
+        sd = proj.state_dict()
+        if stored is not None:
+            sd.update(p=None, p_stored=stored, p_shape=torch.tensor(list(proj.p.shape)))
         state["projector"] = sd
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Every parameter with a gradient through ``step_param`` (also called by layer-wise hooks)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.step_param(p, group)
+        return loss
+
+    def step_param(self, p: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
 
     def is_projected(self, p, group) -> bool:
         return group.get("rank") is not None and p.dim() == 2
@@ -106,17 +125,7 @@ class _GaLoreBase(torch.optim.Optimizer):
         self._projectors = {}
 
     def state_bytes(self) -> int:
-        """Bytes held by the optimizer state tensors (moments, projectors, master copies)."""
-        return _tensor_bytes(self.state)
-
-
-def _quantize_nearest(x, fmt_name):
-    from ..functional import quantize
-    q = quantize(x.float().contiguous(), fmt_name, rounding="nearest")
-    out = {"codes": q.codes, "scales": q.scales}
-    if q.tensor_scale is not None:
-        out["tensor_scale"] = q.tensor_scale
-    return out
+        return optimizer_state_bytes(self)
 
 
 def _to_device(obj, device):
@@ -125,6 +134,12 @@ def _to_device(obj, device):
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     return obj
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held by an optimizer's state tensors (nested dicts included: moments,
+    projectors, quantized codes and scales, master copies), for any torch optimizer."""
+    return _tensor_bytes(dict(optimizer.state))
 
 
 def _tensor_bytes(obj) -> int:
@@ -144,18 +159,6 @@ class GaLoreAdamW(_GaLoreBase):
             raise ValueError(f"invalid lr={lr}, eps={eps} or betas={betas}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank, **galore)
         super().__init__(params, defaults, seed=seed, backend=backend)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.step_param(p, group)
-        return loss
 
     @torch.no_grad()
     def step_param(self, p: torch.Tensor, group: dict) -> None:
@@ -178,7 +181,7 @@ class GaLoreAdamW(_GaLoreBase):
             r = proj.project(g)
             if refreshed and "exp_avg" in state and old[0] is not None:
                 self._apply_moment_policy(state, group, proj, old, r.shape)
-            self._save_projector(proj, group, state)
+            self._save_projector(proj, group, state, refreshed)
         else:
             r = g
         b1, b2 = group["betas"]
@@ -248,18 +251,6 @@ class GaLoreAdafactor(_GaLoreBase):
         super().__init__(params, defaults, seed=seed, backend=backend)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.step_param(p, group)
-        return loss
-
-    @torch.no_grad()
     def step_param(self, p, group):
         state = self.state[p]
         projected = self.is_projected(p, group)
@@ -270,9 +261,9 @@ class GaLoreAdafactor(_GaLoreBase):
         proj = None
         if projected:
             proj = self._projector(p, group, state)
-            proj.maybe_refresh(g, step)
+            refreshed = proj.maybe_refresh(g, step)
             r = proj.project(g)
-            self._save_projector(proj, group, state)
+            self._save_projector(proj, group, state, refreshed)
         else:
             r = g
         state["step"] += 1
@@ -337,4 +328,5 @@ def optimizer_state_formula(model_or_params, rank: int, proj_type: str = "std") 
     return out
 
 
-__all__ = ["GaLoreAdamW", "GaLoreAdafactor", "galore_param_groups", "optimizer_state_formula"]
+__all__ = ["GaLoreAdamW", "GaLoreAdafactor", "galore_param_groups", "optimizer_state_formula",
+           "optimizer_state_bytes"]

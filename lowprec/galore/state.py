@@ -43,17 +43,20 @@ def _padded_numel(shape, block: int) -> int:
     return lead * (-(-int(shape[-1]) // block) * block)
 
 
-def store(x: torch.Tensor, fmt_name: str, seed: int, offset: int, sqrt: bool = False):
-    """(state dict of the stored moment, Philox elements consumed)."""
+def store(x: torch.Tensor, fmt_name: str, seed: int = 0, offset: int = 0, sqrt: bool = False,
+          rounding: str = "stochastic"):
+    """(state dict of the stored tensor, Philox elements consumed): moments are stored with
+    stochastic rounding, projectors with ``rounding="nearest"`` (which consumes none)."""
     if fmt_name == "fp32":
         return {"value": x.float().contiguous()}, 0
     fmt = state_format(fmt_name)
     src = x.float().clamp_min(0).sqrt() if sqrt else x.float()
-    q = quantize(src.contiguous(), fmt, rounding="stochastic", seed=seed, offset=offset)
+    stochastic = rounding == "stochastic"
+    q = quantize(src.contiguous(), fmt, rounding=rounding, seed=seed if stochastic else None, offset=offset)
     out = {"codes": q.codes, "scales": q.scales}
     if q.tensor_scale is not None:
         out["tensor_scale"] = q.tensor_scale
-    return out, _padded_numel(src.shape, fmt.block_size)
+    return out, _padded_numel(src.shape, fmt.block_size) if stochastic else 0
 
 
 def load(stored: dict, fmt_name: str, shape, sqrt: bool = False) -> torch.Tensor:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..galore import GaLoreAdamW, galore_param_groups
+from ..galore import GaLoreAdamW, galore_param_groups, optimizer_state_bytes
 from .data import ByteCorpus
 from .model import TinyLM, TinyLMConfig
-from .train import TrainConfig, evaluate, lr_at
+from .train import TrainConfig, evaluate, run_steps
 
 OPTIMIZERS = ("adamw", "galore", "galore-lowbit", "galore-fp4", "galore-rsvd")
 
@@ -45,34 +43,14 @@ def make_optimizer(name: str, model, cfg: TrainConfig, args):
     return GaLoreAdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8, seed=0)
 
 
-def state_bytes(opt) -> int:
-    if hasattr(opt, "state_bytes"):
-        return opt.state_bytes()
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-
-
 def train(name, seed, cfg: TrainConfig, corpus, args, progress=None) -> dict:
     torch.manual_seed(seed)
     model = TinyLM(cfg.model)
     opt = make_optimizer(name, model, cfg, args)
-    g = torch.Generator().manual_seed(seed)
-    losses, t_train = [], 0.0
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = corpus.batch("train", cfg.batch_size, cfg.model.seq_len, g)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        t_train += time.perf_counter() - t0
-        losses.append(loss.item())
-        if progress is not None:
-            progress.update(1)
+    losses, t_train = run_steps(model, opt, corpus, cfg, torch.Generator().manual_seed(seed), progress=progress)
     tail = max(1, cfg.steps // 10)
     return {"optimizer": name, "seed": seed, "losses": losses, "final_loss": sum(losses[-tail:]) / tail,
-            "val_loss": evaluate(model, corpus, cfg, seed), "state_bytes": state_bytes(opt),
+            "val_loss": evaluate(model, corpus, cfg, seed), "state_bytes": optimizer_state_bytes(opt),
             "step_time_s": t_train / cfg.steps}
 
 

@@ -58,6 +58,35 @@ def evaluate(model, corpus: ByteCorpus, cfg: TrainConfig, seed: int) -> float:
     return total / cfg.eval_batches
 
 
+def run_steps(model, opt, corpus: ByteCorpus, cfg: TrainConfig, generator: torch.Generator, step_fn=None,
+              progress=None):
+    """``cfg.steps`` steps on training batches under the warmup-cosine lr of ``cfg``.
+
+    ``step_fn(x, y) -> loss`` replaces the plain cross-entropy / backward / ``opt.step()``.
+    Returns (losses, seconds spent inside the steps).
+    """
+    losses, t_train = [], 0.0
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        x, y = corpus.batch("train", cfg.batch_size, cfg.model.seq_len, generator)
+        t0 = time.perf_counter()
+        if step_fn is None:
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss = loss.item()
+        else:
+            loss = step_fn(x, y)
+        t_train += time.perf_counter() - t0
+        losses.append(loss)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.3f}")
+    return losses, t_train
+
+
 def train_once(recipe, seed: int, cfg: TrainConfig, corpus: Optional[ByteCorpus] = None,
                progress=None, module_filter_fn=keep_head_high_precision) -> RunResult:
     """Same init, same batches for every recipe with the same seed."""
@@ -66,23 +95,7 @@ def train_once(recipe, seed: int, cfg: TrainConfig, corpus: Optional[ByteCorpus]
     model = TinyLM(cfg.model)
     model, report = convert_model(model, recipe, module_filter_fn=module_filter_fn, seed=seed, return_report=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    t_train = 0.0
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = corpus.batch("train", cfg.batch_size, cfg.model.seq_len, g)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        t_train += time.perf_counter() - t0
-        losses.append(loss.item())
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+    losses, t_train = run_steps(model, opt, corpus, cfg, torch.Generator().manual_seed(seed), progress=progress)
     tail = max(1, cfg.steps // 10)
     name = recipe if isinstance(recipe, str) else recipe.name
     return RunResult(name, seed, losses, evaluate(model, corpus, cfg, seed), sum(losses[-tail:]) / tail,

@@ -2,34 +2,15 @@
 
 Each program owns a BM × BN tile of W: it accumulates A[rows, :] @ B[:, cols] in fp32
 registers over K and applies the update in the epilogue, so the full-rank update is never
-written to memory.  ``galore_update_q`` reads a microscaled operand directly: element
+written to memory.  ``launch_update_q`` reads a microscaled operand directly: element
 codes (E2M1 packed two per byte, even index low; or one byte per code), block scale codes
 decoded through the format's table, divided by the tensor scale; blocks of BS along the
-operand's last dim.
+operand's last dim.  One kernel serves both: ``QUANT`` says which operand, if any, is coded.
 """
 
 import torch
 import triton
 import triton.language as tl
-
-
-@triton.jit
-def _update_kernel(w_ptr, a_ptr, b_ptr, M, N, K, coef, c_wd,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pm = tl.program_id(0)
-    pn = tl.program_id(1)
-    rm = pm * BM + tl.arange(0, BM)
-    rn = pn * BN + tl.arange(0, BN)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        rk = k0 + tl.arange(0, BK)
-        a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * N + rn[None, :], mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)
-        acc += tl.dot(a, b, input_precision="ieee")
-    ok = (rm[:, None] < M) & (rn[None, :] < N)
-    wp = w_ptr + rm[:, None] * N + rn[None, :]
-    w = tl.load(wp, mask=ok, other=0.0)
-    tl.store(wp, w * c_wd - coef * acc, mask=ok)
 
 
 @triton.jit
@@ -47,9 +28,10 @@ def _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, r, c, ok, LDC: tl
 
 
 @triton.jit
-def _update_q_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, M, N, K, coef, c_wd,
-                     LDC: tl.constexpr, LDS: tl.constexpr, PACKED: tl.constexpr, BS: tl.constexpr,
-                     Q_IS_A: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _update_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, M, N, K, coef, c_wd,
+                   LDC: tl.constexpr, LDS: tl.constexpr, PACKED: tl.constexpr, BS: tl.constexpr,
+                   QUANT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """QUANT 0: A and B fp32; 1: A is microscaled (codes_ptr...); 2: B is microscaled."""
     pm = tl.program_id(0)
     pn = tl.program_id(1)
     rm = pm * BM + tl.arange(0, BM)
@@ -59,14 +41,16 @@ def _update_q_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_
         rk = k0 + tl.arange(0, BK)
         a_ok = (rm[:, None] < M) & (rk[None, :] < K)
         b_ok = (rk[:, None] < K) & (rn[None, :] < N)
-        if Q_IS_A:
+        if QUANT == 1:
             a = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rm[:, None], rk[None, :], a_ok,
                         LDC, LDS, PACKED, BS)
-            b = tl.load(b_ptr + rk[:, None] * N + rn[None, :], mask=b_ok, other=0.0)
         else:
             a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=a_ok, other=0.0)
+        if QUANT == 2:
             b = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rk[:, None], rn[None, :], b_ok,
                         LDC, LDS, PACKED, BS)
+        else:
+            b = tl.load(b_ptr + rk[:, None] * N + rn[None, :], mask=b_ok, other=0.0)
         acc += tl.dot(a, b, input_precision="ieee")
     ok = (rm[:, None] < M) & (rn[None, :] < N)
     wp = w_ptr + rm[:, None] * N + rn[None, :]
@@ -83,8 +67,10 @@ def launch_update(w, a, b, coef, c_wd):
     m, n = w.shape
     k = a.shape[1]
     bm, bn, bk = _blocks(m, n, k)
-    _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](w, a, b, m, n, k, float(coef), float(c_wd),
-                                                             BM=bm, BN=bn, BK=bk)
+    none = w.new_empty(0, dtype=torch.uint8)
+    _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        w, a, b, none, none, w, w, 1.0, m, n, k, float(coef), float(c_wd),
+        LDC=1, LDS=1, PACKED=False, BS=1, QUANT=0, BM=bm, BN=bn, BK=bk)
 
 
 def launch_update_q(w, a_or_b, q, q_is_a: bool, coef, c_wd):
@@ -102,7 +88,7 @@ def launch_update_q(w, a_or_b, q, q_is_a: bool, coef, c_wd):
     inv_ts = 1.0 / float(q.tensor_scale) if q.tensor_scale is not None else 1.0
     bm, bn, bk = _blocks(m, n, k)
     other = a_or_b.float().contiguous()
-    _update_q_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         w, other if not q_is_a else w, other if q_is_a else w, codes, scodes, etab, stab, inv_ts,
         m, n, k, float(coef), float(c_wd), LDC=codes.shape[-1], LDS=scodes.shape[-1], PACKED=q.packed,
-        BS=fmt.block_size, Q_IS_A=q_is_a, BM=bm, BN=bn, BK=bk)
+        BS=fmt.block_size, QUANT=1 if q_is_a else 2, BM=bm, BN=bn, BK=bk)
