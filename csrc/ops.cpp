@@ -17,6 +17,15 @@ at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional
 at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
 void galore_update_cpu(at::Tensor& w, const at::Tensor& a, const at::Tensor& b, double coef, double c_wd);
+at::Tensor galore_adam_fp32_cpu(const at::Tensor& r, at::Tensor& m, at::Tensor& v, c10::ArrayRef<double> scalars);
+std::vector<at::Tensor> galore_adam_lowbit_cpu(const at::Tensor& r, const at::Tensor& m_codes,
+                                               const at::Tensor& m_scales, const at::Tensor& s_codes,
+                                               const at::Tensor& s_scales, const at::Tensor& elem_table,
+                                               const at::Tensor& scale_table, c10::IntArrayRef iparams,
+                                               c10::ArrayRef<double> fparams, c10::ArrayRef<double> scalars,
+                                               int64_t block, int64_t pass, double m_tensor_scale,
+                                               double s_tensor_scale, double m_s_enc, double s_s_enc, int64_t seed,
+                                               int64_t m_offset, int64_t s_offset);
 void masked_adam_step_cpu(at::Tensor& w, const at::Tensor& g, at::Tensor& m, at::Tensor& v,
                           const c10::optional<at::Tensor>& mask, int64_t mode, c10::ArrayRef<double> scalars);
 #ifdef LOWPREC_WITH_CUDA
@@ -47,6 +56,11 @@ TORCH_LIBRARY(lowprec, m) {
   m.def("galore_update_(Tensor(a!) w, Tensor a, Tensor b, float coef, float c_wd) -> ()");
   m.def("masked_adam_step_(Tensor(a!) w, Tensor g, Tensor(b!) m, Tensor(c!) v, Tensor? mask, int mode, "
         "float[] scalars) -> ()");
+  m.def("galore_adam_fp32_(Tensor r, Tensor(a!) m, Tensor(b!) v, float[] scalars) -> Tensor");
+  m.def("galore_adam_lowbit(Tensor r, Tensor m_codes, Tensor m_scales, Tensor s_codes, Tensor s_scales, "
+        "Tensor elem_table, Tensor scale_table, int[] iparams, float[] fparams, float[] scalars, int block, "
+        "int pass_, float m_tensor_scale, float s_tensor_scale, float m_s_enc, float s_s_enc, int seed, "
+        "int m_offset, int s_offset) -> Tensor[]");
 }
 
 // No tensor argument to dispatch on: one kernel for every backend, which reads the device.
@@ -63,6 +77,8 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("compress_24", &lowprec::compress_24_cpu);
   m.impl("masked_adam_step_", &lowprec::masked_adam_step_cpu);
   m.impl("galore_update_", &lowprec::galore_update_cpu);
+  m.impl("galore_adam_fp32_", &lowprec::galore_adam_fp32_cpu);
+  m.impl("galore_adam_lowbit", &lowprec::galore_adam_lowbit_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

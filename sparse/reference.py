@@ -25,20 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from lowprec.reference.arith import f32, sqrt_rn  # noqa: F401  (re-exported)
+
 MODES = {"adams": 0, "ast": 1}
-
-
-def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
-    """Correctly rounded fp32 square root (torch's CPU fp32 sqrt is not): sqrt in fp64, then
-    one rounding to fp32, which is exact rounding since 53 >= 2 * 24 + 2."""
-    return torch.sqrt(x.double()).float()
-
-
-def f32(x: float) -> float:
-    return float(np.float32(x))
 
 
 @dataclass(frozen=True)

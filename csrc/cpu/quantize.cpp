@@ -40,18 +40,6 @@ Params make_params(c10::IntArrayRef ip, c10::ArrayRef<double> fp, double s_enc, 
   return p;
 }
 
-// Block amax with NaN propagation (as torch.amax).
-inline float block_amax(const float* x, int64_t n) {
-  float m = 0.0f;
-  bool nan = false;
-  for (int64_t j = 0; j < n; ++j) {
-    const float a = std::fabs(x[j]);
-    nan |= std::isnan(a);
-    m = a > m ? a : m;
-  }
-  return nan ? NAN : m;
-}
-
 // Effective scale of a block, and its stored code (or fp32 value).
 inline float block_scale(float amax, const Params& p, const float* scale_table, uint32_t* code_out,
                          float* fp32_out) {

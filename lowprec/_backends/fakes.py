@@ -33,3 +33,13 @@ def _fake_compress(w, mask):
 
 torch.library.register_fake("lowprec::masked_adam_step_")(lambda w, g, m, v, mask, mode, scalars: None)
 torch.library.register_fake("lowprec::galore_update_")(lambda w, a, b, coef, c_wd: None)
+torch.library.register_fake("lowprec::galore_adam_fp32_")(lambda r, m, v, scalars: torch.empty_like(r))
+
+
+@torch.library.register_fake("lowprec::galore_adam_lowbit")
+def _fake_galore_lowbit(r, m_codes, m_scales, s_codes, s_scales, elem_table, scale_table, iparams, fparams, scalars,
+                        block, pass_, m_tensor_scale, s_tensor_scale, m_s_enc, s_s_enc, seed, m_offset, s_offset):
+    if pass_ == 0:
+        return [r.new_empty((2,))]
+    return [torch.empty_like(r), torch.empty_like(m_codes), torch.empty_like(m_scales), torch.empty_like(s_codes),
+            torch.empty_like(s_scales)]

@@ -60,3 +60,72 @@ def cpp_update(w, a, b, coef, c_wd):
 def triton_update(w, a, b, coef, c_wd):
     from ..triton.galore import launch_update
     launch_update(w, a, b, coef, c_wd)
+
+
+# -- a projector stored microscaled (Q-GaLore style), read from its codes --------------------
+# galore_project_q(g, q, side) -> R, and galore_update_q_(w, q, n, side, coef, c_wd): the
+# projection and the fused update with P given as a lowprec QuantizedTensor (left: P is
+# m × r, right: r × n).  reference and cpp dequantize P (their own dequantize kernels) and
+# multiply; triton decodes the codes inside the GEMM loop, so P never exists in fp32.
+
+PROJECT_Q, UPDATE_Q = "galore_project_q", "galore_update_q_"
+
+
+def _project(p, g, side):
+    return p.T @ g if side == "left" else g @ p.T
+
+
+def _dequantized(q, backend):
+    return ops.resolve("dequantize", backend, q.device)(q, torch.float32)
+
+
+@ops.register(PROJECT_Q, "reference")
+def reference_project_q(g, q, side):
+    return _project(_dequantized(q, "reference"), g.float(), side)
+
+
+@ops.register(UPDATE_Q, "reference")
+def reference_update_q(w, q, n, side, coef, c_wd):
+    p = _dequantized(q, "reference")
+    reference_update(w, *((p, n) if side == "left" else (n, p)), coef, c_wd)
+
+
+@ops.register(PROJECT_Q, "cpp")
+def cpp_project_q(g, q, side):
+    return _project(_dequantized(q, "cpp"), g.float(), side)
+
+
+@ops.register(UPDATE_Q, "cpp")
+def cpp_update_q(w, q, n, side, coef, c_wd):
+    p = _dequantized(q, "cpp")
+    cpp_update(w, *((p, n) if side == "left" else (n, p)), coef, c_wd)
+
+
+@ops.register(PROJECT_Q, "triton")
+def triton_project_q(g, q, side):
+    from ..triton.galore import launch_project_q
+    return launch_project_q(g, q, side)
+
+
+@ops.register(UPDATE_Q, "triton")
+def triton_update_q(w, q, n, side, coef, c_wd):
+    from ..triton.galore import launch_update_q
+    launch_update_q(w, n, q, side == "left", coef, c_wd)
+
+
+def _check_side(side):
+    if side not in ("left", "right"):
+        raise ValueError(f"a stored microscaled projector is supported for left and right projections, got {side!r}")
+
+
+def galore_project_q(g: torch.Tensor, q, side: str, backend: str = "auto") -> torch.Tensor:
+    _check_side(side)
+    return ops.resolve(PROJECT_Q, backend, g.device)(g, q, side)
+
+
+def galore_update_q_(w: torch.Tensor, q, n: torch.Tensor, side: str, coef: float, c_wd: float,
+                     backend: str = "auto") -> None:
+    if w.dtype != torch.float32:
+        raise TypeError(f"GaLore updates fp32 weights (master copies for others), got {w.dtype}")
+    _check_side(side)
+    ops.resolve(UPDATE_Q, backend, w.device)(w, q, n.float().contiguous(), side, float(coef), float(c_wd))

@@ -22,8 +22,9 @@ from typing import Optional
 
 import torch
 
+from . import moments
 from . import state as lowbit
-from .fused import galore_update_
+from .fused import galore_project_q, galore_update_, galore_update_q_
 from .projector import GaLoreProjector, ProjectorConfig
 
 MOMENT_POLICIES = ("keep", "reproject", "reset")
@@ -58,32 +59,83 @@ class _GaLoreBase(torch.optim.Optimizer):
 
     # -- projector cache over tensor-only state ---------------------------------------------
     def _projector(self, p, group, state) -> GaLoreProjector:
+        """The cached projector.  With ``proj_format`` only the microscaled P stays resident:
+        left / right projections read it through the ``galore_*_q`` ops, ``full`` dequantizes."""
         proj = self._projectors.get(p)
         if proj is None:
             proj = GaLoreProjector(_proj_config(group), p.shape, seed=self.seed * 65_537 + self._index[p])
             if "projector" in state:
                 saved = dict(state["projector"])
-                if group["proj_format"] is not None and saved.get("p_stored") is not None:
-                    saved["p"] = lowbit.load(saved["p_stored"], group["proj_format"], saved["p_shape"].tolist())
+                if saved.get("p_stored") is not None and proj.side == "full":
+                    saved["p"] = self._stored_p(state, group).dequantize(torch.float32)
                 proj.load_state_dict(saved)
             self._projectors[p] = proj
         return proj
 
+    @staticmethod
+    def _stored_p(state, group):
+        """The microscaled P of ``state`` as a QuantizedTensor, or None."""
+        saved = state.get("projector")
+        if group["proj_format"] is None or saved is None or saved.get("p_stored") is None:
+            return None
+        return lowbit.as_quantized(saved["p_stored"], group["proj_format"], saved["p_shape"].tolist())
+
     def _save_projector(self, proj: GaLoreProjector, group, state, refreshed: bool) -> None:
         """Projector state into ``state``; with ``proj_format`` P is stored microscaled (quantized
-        once per refresh, round to nearest) and the update computes with the stored values."""
+        once per refresh, round to nearest) and every later use computes with the stored values."""
         fmt = group["proj_format"]
         stored = None
         if fmt is not None and not proj.identity:
             if refreshed:
-                stored, _ = lowbit.store(proj.p, fmt, rounding="nearest")
+                stored, _ = lowbit.store(proj.p, fmt, rounding="nearest", backend=self.backend)
                 proj.p = lowbit.load(stored, fmt, proj.p.shape)
             else:
                 stored = state["projector"]["p_stored"]
         sd = proj.state_dict()
         if stored is not None:
-            sd.update(p=None, p_stored=stored, p_shape=torch.tensor(list(proj.p.shape)))
+            shape = proj.p.shape if proj.p is not None else state["projector"]["p_shape"].tolist()
+            sd.update(p=None, p_stored=stored, p_shape=torch.tensor(list(shape)))
         state["projector"] = sd
+
+    def _project_grad(self, p, g, group, state, step):
+        """Refresh P when due, then R = project(G).  -> (projector, R, refreshed, old (P, P_r),
+        stored microscaled P or None)."""
+        proj = self._projector(p, group, state)
+        stored_p = self._stored_p(state, group) if proj.side != "full" else None
+        if stored_p is not None and proj.refresh_due(step):
+            proj.p = stored_p.dequantize(torch.float32)        # the old P, for lazy refresh / reproject
+        old = (proj.p, proj.p_right)
+        refreshed = proj.maybe_refresh(g, step)
+        self._save_projector(proj, group, state, refreshed)
+        stored_p = self._stored_p(state, group) if proj.side != "full" else None
+        r = galore_project_q(g, stored_p, proj.side, self.backend) if stored_p is not None else proj.project(g)
+        return proj, r, refreshed, old, stored_p
+
+    def _release_projector(self, p, proj, group) -> None:
+        """After a step with ``proj_format``: drop the fp32 P (only the stored one stays)."""
+        if group["proj_format"] is None or proj.identity:
+            return
+        if proj.side == "full":
+            self._projectors.pop(p, None)
+        else:
+            proj.p = None
+
+    def _update_weight(self, p, u, group, proj, stored_p) -> None:
+        """W ← W (1 − lr·wd) − lr·α·project_back(U) (plain: − lr·U) on the fp32 master."""
+        lr, wd = group["lr"], group["weight_decay"]
+        master = self.state[p].get("master")
+        if master is None and p.dtype != torch.float32:
+            master = self.state[p]["master"] = p.detach().float().clone()
+        w = master if master is not None else p
+        c_wd = 1.0 - lr * wd
+        if proj is None:
+            w.mul_(c_wd).add_(u, alpha=-lr)
+        elif stored_p is not None:
+            galore_update_q_(w, stored_p, u, proj.side, lr * group["scale"], c_wd, backend=self.backend)
+        else:
+            galore_update_(w, proj, u, lr * group["scale"], c_wd, backend=self.backend)
+        if master is not None:
+            p.copy_(master)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -174,47 +226,23 @@ class GaLoreAdamW(_GaLoreBase):
             state["sr_seed"] = torch.tensor((self.seed * 1_000_003 + self._index[p]) & 0x7FFFFFFF)
             state["sr_offset"] = torch.zeros((), dtype=torch.int64)
         step = int(state["step"])
+        proj = stored_p = None
+        r = g
         if projected:
-            proj = self._projector(p, group, state)
-            old = (proj.p, proj.p_right)
-            refreshed = proj.maybe_refresh(g, step)
-            r = proj.project(g)
+            proj, r, refreshed, old, stored_p = self._project_grad(p, g, group, state, step)
             if refreshed and "exp_avg" in state and old[0] is not None:
                 self._apply_moment_policy(state, group, proj, old, r.shape)
-            self._save_projector(proj, group, state, refreshed)
-        else:
-            r = g
-        b1, b2 = group["betas"]
-        grp = group if projected else dict(group, state_format="fp32")
-        if "exp_avg" in state:
-            m = self._moment(state, "exp_avg", grp, r.shape)
-            v = self._moment(state, "exp_avg_sq", grp, r.shape, sqrt=fmt != "fp32")
-        else:
-            m, v = torch.zeros_like(r), torch.zeros_like(r)
-        m.mul_(b1).add_(r, alpha=1 - b1)
-        v.mul_(b2).addcmul_(r, r, value=1 - b2)
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = moments.zeros(r.shape, fmt, r.device)
         state["step"] += 1
-        t = int(state["step"])
-        n = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
-        self._store_moment(state, "exp_avg", m, grp)
-        self._store_moment(state, "exp_avg_sq", v, grp, sqrt=fmt != "fp32")
-        self._apply_update(p, n, group, proj if projected else None)
-        if projected and group["proj_format"] is not None:
-            self._projectors.pop(p, None)          # only the quantized projector stays resident
-
-    def _apply_update(self, p, n, group, proj):
-        lr, wd = group["lr"], group["weight_decay"]
-        master = self.state[p].get("master")
-        if master is None and p.dtype != torch.float32:
-            master = self.state[p]["master"] = p.detach().float().clone()
-        w = master if master is not None else p
-        c_wd = 1.0 - lr * wd
-        if proj is None:
-            w.mul_(c_wd).add_(n, alpha=-lr)
-        else:
-            galore_update_(w, proj, n, lr * group["scale"], c_wd, backend=self.backend)
-        if master is not None:
-            p.copy_(master)
+        sc = moments.MomentScalars.make(int(state["step"]), group["betas"], group["eps"])
+        n, state["exp_avg"], state["exp_avg_sq"], used = moments.adam_moments(
+            r, state["exp_avg"], state["exp_avg_sq"], fmt, sc, int(state["sr_seed"]), int(state["sr_offset"]),
+            backend=self.backend)
+        state["sr_offset"] += used
+        self._update_weight(p, n, group, proj, stored_p)
+        if projected:
+            self._release_projector(p, proj, group)
 
     def _apply_moment_policy(self, state, group, proj, old, shape):
         policy = group["moment_policy"]
@@ -258,14 +286,10 @@ class GaLoreAdafactor(_GaLoreBase):
         if not state:
             state["step"] = torch.zeros((), dtype=torch.int64)
         step = int(state["step"])
-        proj = None
+        proj = stored_p = None
+        r = g
         if projected:
-            proj = self._projector(p, group, state)
-            refreshed = proj.maybe_refresh(g, step)
-            r = proj.project(g)
-            self._save_projector(proj, group, state, refreshed)
-        else:
-            r = g
+            proj, r, _, _, stored_p = self._project_grad(p, g, group, state, step)
         state["step"] += 1
         t = int(state["step"])
         rho = 1.0 - t ** group["decay_rate"]
@@ -290,14 +314,9 @@ class GaLoreAdafactor(_GaLoreBase):
                 state["exp_avg"] = torch.zeros_like(u)
             state["exp_avg"].mul_(group["beta1"]).add_(u, alpha=1 - group["beta1"])
             u = state["exp_avg"]
-        lr, wd = group["lr"], group["weight_decay"]
-        if proj is None:
-            p.mul_(1 - lr * wd).add_(u.to(p.dtype), alpha=-lr)
-        else:
-            w = p if p.dtype == torch.float32 else p.detach().float()
-            galore_update_(w, proj, u, lr * group["scale"], 1 - lr * wd, backend=self.backend)
-            if w is not p:
-                p.copy_(w)
+        self._update_weight(p, u, group, proj, stored_p)
+        if projected:
+            self._release_projector(p, proj, group)
 
 
 def galore_param_groups(model: torch.nn.Module, rank: int, exclude=("embed", "head", "lm_head", "norm", "ln"),

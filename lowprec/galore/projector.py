@@ -150,9 +150,13 @@ class GaLoreProjector:
         self.p, self.p_right = new, new_right
         self.refreshes += 1
 
+    def refresh_due(self, step: int) -> bool:
+        """True at the first step and when ``step`` (0-based count of previous updates) reaches
+        the next refresh.  (P may be None later on: the optimizer keeps it stored microscaled.)"""
+        return (self.p is None and self.refreshes == 0) or step >= self.next_refresh
+
     def maybe_refresh(self, g: torch.Tensor, step: int) -> bool:
-        """Refresh when ``step`` (0-based count of previous updates) reaches the next refresh."""
-        if self.p is None or step >= self.next_refresh:
+        if self.refresh_due(step):
             self.refresh(g)
             self.next_refresh = step + self.gap
             return True

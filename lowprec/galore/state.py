@@ -16,6 +16,7 @@ import torch
 
 from ..formats import get_format
 from ..functional import quantize
+from ..reference.arith import sqrt_rn
 from ..tensor import QuantizedTensor
 
 STATE_FORMATS = ("fp32", "mxfp8", "nvfp4", "mxfp4", "ue5m3")
@@ -36,7 +37,7 @@ def check_state_format(name: str) -> None:
         raise ValueError(f"unknown state format {name!r}; expected one of {STATE_FORMATS}")
 
 
-def _padded_numel(shape, block: int) -> int:
+def padded_numel(shape, block: int) -> int:
     lead = 1
     for d in shape[:-1]:
         lead *= int(d)
@@ -44,28 +45,33 @@ def _padded_numel(shape, block: int) -> int:
 
 
 def store(x: torch.Tensor, fmt_name: str, seed: int = 0, offset: int = 0, sqrt: bool = False,
-          rounding: str = "stochastic"):
+          rounding: str = "stochastic", backend: str = "auto"):
     """(state dict of the stored tensor, Philox elements consumed): moments are stored with
-    stochastic rounding, projectors with ``rounding="nearest"`` (which consumes none)."""
+    stochastic rounding, projectors with ``rounding="nearest"`` (which consumes none).
+    ``sqrt`` stores the correctly rounded sqrt(max(x, 0))."""
     if fmt_name == "fp32":
         return {"value": x.float().contiguous()}, 0
     fmt = state_format(fmt_name)
-    src = x.float().clamp_min(0).sqrt() if sqrt else x.float()
+    src = sqrt_rn(x.float().clamp_min(0)) if sqrt else x.float()
     stochastic = rounding == "stochastic"
-    q = quantize(src.contiguous(), fmt, rounding=rounding, seed=seed if stochastic else None, offset=offset)
+    q = quantize(src.contiguous(), fmt, rounding=rounding, seed=seed if stochastic else None, offset=offset,
+                 backend=backend)
     out = {"codes": q.codes, "scales": q.scales}
     if q.tensor_scale is not None:
         out["tensor_scale"] = q.tensor_scale
-    return out, _padded_numel(src.shape, fmt.block_size) if stochastic else 0
+    return out, padded_numel(src.shape, fmt.block_size) if stochastic else 0
+
+
+def as_quantized(stored: dict, fmt_name: str, shape) -> QuantizedTensor:
+    """The stored codes and scales as a lowprec QuantizedTensor (no copy)."""
+    return QuantizedTensor(stored["codes"], stored["scales"], stored.get("tensor_scale"), state_format(fmt_name),
+                           torch.Size(shape), torch.float32, -1)
 
 
 def load(stored: dict, fmt_name: str, shape, sqrt: bool = False) -> torch.Tensor:
     if fmt_name == "fp32":
         return stored["value"]
-    fmt = state_format(fmt_name)
-    q = QuantizedTensor(stored["codes"], stored["scales"], stored.get("tensor_scale"), fmt, torch.Size(shape),
-                        torch.float32, -1)
-    x = q.dequantize(torch.float32)
+    x = as_quantized(stored, fmt_name, shape).dequantize(torch.float32)
     return x * x if sqrt else x
 
 

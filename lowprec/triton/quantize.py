@@ -68,24 +68,12 @@ def _grid_code(v, EBITS: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, 
 
 
 @triton.jit
-def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset,
-                  E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
-                  E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
-                  S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
-                  S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
-                  INLINE_RNG: tl.constexpr):
-    """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
-    row-major index in the tensor being quantized (Philox counter offset + idx // 16).
-    Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
-    # block amax, NaN propagating
-    a = tl.abs(x)
-    isnan = a != a
-    amax = tl.max(tl.where(isnan, 0.0, a), axis=1)
-    has_nan = tl.max(isnan.to(tl.int32), axis=1) > 0
-    amax = tl.where(has_nan, float("nan"), amax)
+def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_MAX: tl.constexpr,
+                E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
+                S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
+                S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
+    """(scale code, decoded scale or fp32 scale, s_eff = decoded / S_enc) of blocks with these amaxes."""
     bad = (amax != amax) | (amax == float("inf"))
-
-    # scale code and effective scale
     if S_KIND == 0:  # e8m0
         am = tl.where(bad, 0.0, amax)
         if TENSOR_SCALE:
@@ -119,17 +107,49 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
         scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
         dec = scale_hp
     s = tl.math.div_rn(dec, s_enc + 0.0 * dec)
+    return code, dec, s
+
+
+@triton.jit
+def philox_byte(seed, offset, idx):
+    """Byte idx of the Philox stream (seed, offset): byte idx % 16 of randint4x(seed, offset + idx // 16)."""
+    counter = offset + idx // 16
+    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+    k = idx % 16
+    word = tl.where(k < 4, r0, tl.where(k < 8, r1, tl.where(k < 12, r2, r3)))
+    return (word >> ((k % 4) * 8).to(tl.uint32)) & 0xFF
+
+
+@triton.jit
+def row_amax(x):
+    """Max |x| along axis 1, NaN propagating."""
+    a = tl.abs(x)
+    isnan = a != a
+    amax = tl.max(tl.where(isnan, 0.0, a), axis=1)
+    has_nan = tl.max(isnan.to(tl.int32), axis=1) > 0
+    return tl.where(has_nan, float("nan"), amax)
+
+
+@triton.jit
+def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset,
+                  E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr, E_MAX: tl.constexpr,
+                  E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
+                  S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
+                  S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
+                  INLINE_RNG: tl.constexpr):
+    """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
+    row-major index in the tensor being quantized (Philox counter offset + idx // 16).
+    Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
+    amax = row_amax(x)
+    code, dec, s = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, E_MAX, E_EMAX, S_KIND, S_EBITS,
+                               S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE)
 
     # elements
     sb = s[:, None] + 0.0 * x
     xs = tl.where(sb == 0.0, 0.0, tl.math.div_rn(x, sb))
     if ROUNDING == 1:
         if INLINE_RNG:
-            counter = offset + idx // 16
-            r0, r1, r2, r3 = tl.randint4x(seed, counter)
-            k = idx % 16
-            word = tl.where(k < 4, r0, tl.where(k < 8, r1, tl.where(k < 12, r2, r3)))
-            rbyte = (word >> ((k % 4) * 8).to(tl.uint32)) & 0xFF
+            rbyte = philox_byte(seed, offset, idx)
         else:
             rbyte = tl.load(rand_ptr + idx, mask=mask, other=0)
     else:

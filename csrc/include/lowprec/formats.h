@@ -177,6 +177,18 @@ LOWPREC_HD float minifloat_value(uint32_t code, const Minifloat& f) {
   return (1.0f + frac) * exp2i(static_cast<int>(ef) - f.bias);
 }
 
+// Block amax with NaN propagation (as torch.amax): max |x[j]|, NaN if any x[j] is NaN.
+LOWPREC_HD float block_amax(const float* x, int64_t n) {
+  float m = 0.0f;
+  bool nan = false;
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = fabsf(x[j]);
+    nan |= (a != a);
+    m = a > m ? a : m;
+  }
+  return nan ? NAN : m;
+}
+
 // Scale code of a block (uint8 for e8m0/minifloat), given its amax and S_enc.
 // Returns the code; NaN/Inf amax gives the NaN code (0xFF for e8m0).
 LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) {

@@ -1,0 +1,228 @@
+// GaLore's Adam moments on the CPU, bit-exact with lowprec/galore/moments.py (the spec):
+// fp32 element-wise arithmetic in the reference's order with no contraction (built with
+// -ffp-contract=off), IEEE sqrt and division, host-rounded scalars.
+//
+// galore_adam_fp32_: M and V in fp32, updated in place; returns N.
+// galore_adam_lowbit: M and S = sqrt(V) read from element codes (E2M1 packed two per byte,
+//   even index in the low nibble, or one byte each) and block-scale codes (blocks of `block`
+//   along the last dim, padded), decoded as table[code] * (scale_table[scode] / tensor_scale).
+//   pass 0 returns the amax of M' and sqrt(V') (for the tensor scales); pass 1 returns
+//   (N, M' codes, M' scale codes, S' codes, S' scale codes), M' and S' stochastically rounded
+//   with the Philox byte of element (i, j) at flat index i * cols + j from (seed, offset).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <vector>
+
+#include "lowprec/formats.h"
+
+namespace lowprec {
+
+namespace {
+
+struct AdamScalars {
+  float b1, b2, c1, c2, ibc1, ibc2, eps;
+};
+
+AdamScalars adam_scalars(c10::ArrayRef<double> s) {
+  TORCH_CHECK(s.size() == 7, "lowprec GaLore moments: 7 scalars (beta1, beta2, c1, c2, ibc1, ibc2, eps)");
+  return {static_cast<float>(s[0]), static_cast<float>(s[1]), static_cast<float>(s[2]), static_cast<float>(s[3]),
+          static_cast<float>(s[4]), static_cast<float>(s[5]), static_cast<float>(s[6])};
+}
+
+// m' = m b1 + r c1;  v' = v b2 + (r r) c2;  n = (m' ibc1) / (sqrt(v' ibc2) + eps)
+inline float adam_element(float m, float v, float r, const AdamScalars& a, float* mn, float* vn) {
+  *mn = m * a.b1 + r * a.c1;
+  *vn = v * a.b2 + (r * r) * a.c2;
+  return (*mn * a.ibc1) / (std::sqrt(*vn * a.ibc2) + a.eps);
+}
+
+// A moment stored as codes and block-scale codes.
+struct StoredMoment {
+  const uint8_t* codes;
+  const uint8_t* scales;
+  int64_t ldc, lds;
+  float tensor_scale;
+};
+
+struct Layout {
+  int64_t rows, cols, block, blocks_per_row;
+  bool packed;
+  const float* etab;
+  const float* stab;
+};
+
+inline float decode(const StoredMoment& s, const Layout& l, int64_t i, int64_t j) {
+  const uint32_t byte = s.codes[i * s.ldc + (l.packed ? j / 2 : j)];
+  const uint32_t code = l.packed ? (byte >> ((j & 1) * 4)) & 0xFu : byte;
+  const float s_eff = l.stab[s.scales[i * s.lds + j / l.block]] / s.tensor_scale;
+  return l.etab[code] * s_eff;
+}
+
+// New M' and sqrt(V') of block (i, kb) into mv / sv (zeros past the last column); N written.
+inline void block_update(const float* r, const StoredMoment& m, const StoredMoment& s, const Layout& l,
+                         const AdamScalars& a, int64_t i, int64_t kb, float* mv, float* sv, float* n) {
+  for (int64_t t = 0; t < l.block; ++t) {
+    const int64_t j = kb * l.block + t;
+    if (j >= l.cols) {
+      mv[t] = sv[t] = 0.0f;
+      continue;
+    }
+    const float so = decode(s, l, i, j);
+    float mn, vn;
+    const float nn = adam_element(decode(m, l, i, j), so * so, r[i * l.cols + j], a, &mn, &vn);
+    if (n != nullptr) n[i * l.cols + j] = nn;
+    mv[t] = mn;
+    sv[t] = std::sqrt(vn);
+  }
+}
+
+// Stochastic rounding of one block onto the element grid; writes codes and the scale code.
+inline void quantize_block(const float* x, const Layout& l, const BlockFormat& fmt, float s_enc, uint64_t seed,
+                           uint64_t offset, int64_t i, int64_t kb, uint8_t* codes, int64_t ldc, uint8_t* scales,
+                           int64_t lds) {
+  const uint32_t sc = scale_code(block_amax(x, l.block), fmt, s_enc);
+  const float s = l.stab[sc] / s_enc;
+  scales[i * lds + kb] = static_cast<uint8_t>(sc);
+  uint64_t cached = ~0ull;
+  Uint4x32 words{};
+  for (int64_t t = 0; t < l.block; ++t) {
+    const int64_t j = kb * l.block + t;
+    uint32_t byte = 0;
+    if (j < l.cols) {
+      const uint64_t idx = static_cast<uint64_t>(i * l.cols + j);
+      const uint64_t counter = offset + idx / 16;
+      if (counter != cached) {
+        words = randint4x(seed, counter);
+        cached = counter;
+      }
+      const uint32_t k = static_cast<uint32_t>(idx % 16);
+      byte = (words.w[k / 4] >> (8 * (k % 4))) & 0xFFu;
+    }
+    const float xs = (s == 0.0f) ? 0.0f : x[t] / s;
+    const uint32_t code = element_code(round_element(xs, fmt.elem, kStochastic, byte), fmt.elem);
+    if (l.packed) {
+      uint8_t& b = codes[i * ldc + j / 2];
+      b = (j & 1) ? static_cast<uint8_t>((b & 0x0F) | (code << 4)) : static_cast<uint8_t>(code & 0x0F);
+    } else {
+      codes[i * ldc + j] = static_cast<uint8_t>(code);
+    }
+  }
+}
+
+BlockFormat block_format(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
+  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
+  BlockFormat f;
+  f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
+  f.elem_emax = int(ip[4]);
+  f.scale_kind = int(ip[5]);
+  f.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
+  f.rule = int(ip[10]);
+  f.scale_rounding = int(ip[11]);
+  f.tensor_scale = int(ip[12]);
+  TORCH_CHECK(f.scale_kind != kFp32Scale, "lowprec GaLore moments: low-bit state needs coded block scales");
+  return f;
+}
+
+void check_codes(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kByte && t.dim() == 2 && t.is_contiguous(),
+              "lowprec GaLore moments: ", what, " must be contiguous 2-D uint8 CPU tensors");
+}
+
+}  // namespace
+
+at::Tensor galore_adam_fp32_cpu(const at::Tensor& r, at::Tensor& m, at::Tensor& v, c10::ArrayRef<double> scalars) {
+  const AdamScalars a = adam_scalars(scalars);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&r, &m, &v}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                    t->numel() == r.numel(),
+                "lowprec::galore_adam_fp32_: contiguous fp32 CPU tensors of one size");
+  }
+  auto n = at::empty_like(r);
+  const float* pr = r.data_ptr<float>();
+  float* pm = m.data_ptr<float>();
+  float* pv = v.data_ptr<float>();
+  float* pn = n.data_ptr<float>();
+  at::parallel_for(0, r.numel(), 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float mn, vn;
+      pn[i] = adam_element(pm[i], pv[i], pr[i], a, &mn, &vn);
+      pm[i] = mn;
+      pv[i] = vn;
+    }
+  });
+  return n;
+}
+
+std::vector<at::Tensor> galore_adam_lowbit_cpu(const at::Tensor& r, const at::Tensor& m_codes,
+                                               const at::Tensor& m_scales, const at::Tensor& s_codes,
+                                               const at::Tensor& s_scales, const at::Tensor& elem_table,
+                                               const at::Tensor& scale_table, c10::IntArrayRef iparams,
+                                               c10::ArrayRef<double> fparams, c10::ArrayRef<double> scalars,
+                                               int64_t block, int64_t pass, double m_tensor_scale,
+                                               double s_tensor_scale, double m_s_enc, double s_s_enc, int64_t seed,
+                                               int64_t m_offset, int64_t s_offset) {
+  const AdamScalars a = adam_scalars(scalars);
+  const BlockFormat fmt = block_format(iparams, fparams);
+  TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == at::kFloat && r.dim() == 2 && r.is_contiguous(),
+              "lowprec::galore_adam_lowbit: a contiguous 2-D fp32 CPU gradient");
+  TORCH_CHECK(block >= 2 && block <= 128 && block % 2 == 0, "lowprec::galore_adam_lowbit: block in [2, 128], even");
+  TORCH_CHECK(pass == 0 || pass == 1, "lowprec::galore_adam_lowbit: pass 0 (amax) or 1 (update)");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&m_codes, &m_scales, &s_codes, &s_scales})
+    check_codes(*t, "codes and scale codes");
+  TORCH_CHECK(elem_table.scalar_type() == at::kFloat && scale_table.scalar_type() == at::kFloat &&
+                  elem_table.is_contiguous() && scale_table.is_contiguous(),
+              "lowprec::galore_adam_lowbit: fp32 decode tables");
+  const int64_t rows = r.size(0), cols = r.size(1);
+  const int64_t bpr = (cols + block - 1) / block;
+  const bool packed = fmt.elem.ebits + fmt.elem.mbits + 1 == 4;
+  const int64_t ldc = packed ? bpr * block / 2 : bpr * block;
+  TORCH_CHECK(m_codes.sizes() == s_codes.sizes() && m_codes.size(0) == rows && m_codes.size(1) == ldc &&
+                  m_scales.sizes() == s_scales.sizes() && m_scales.size(0) == rows && m_scales.size(1) == bpr,
+              "lowprec::galore_adam_lowbit: stored moments do not match the gradient's shape and block");
+  const Layout l{rows, cols, block, bpr, packed, elem_table.data_ptr<float>(), scale_table.data_ptr<float>()};
+  const StoredMoment m{m_codes.data_ptr<uint8_t>(), m_scales.data_ptr<uint8_t>(), ldc, bpr,
+                       static_cast<float>(m_tensor_scale)};
+  const StoredMoment s{s_codes.data_ptr<uint8_t>(), s_scales.data_ptr<uint8_t>(), ldc, bpr,
+                       static_cast<float>(s_tensor_scale)};
+  const float* pr = r.data_ptr<float>();
+  const int64_t nblk = rows * bpr;
+
+  if (pass == 0) {
+    auto amax = at::empty({nblk, 2}, r.options());
+    float* pa = amax.data_ptr<float>();
+    at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
+      float mv[128], sv[128];
+      for (int64_t b = begin; b < end; ++b) {
+        block_update(pr, m, s, l, a, b / bpr, b % bpr, mv, sv, nullptr);
+        pa[2 * b] = block_amax(mv, block);
+        pa[2 * b + 1] = block_amax(sv, block);
+      }
+    });
+    return {std::get<0>(amax.max(0, false)).contiguous()};  // max along blocks; NaN propagates
+  }
+
+  auto n = at::empty_like(r);
+  auto om_codes = at::empty_like(m_codes), os_codes = at::empty_like(s_codes);
+  auto om_scales = at::empty_like(m_scales), os_scales = at::empty_like(s_scales);
+  float* pn = n.data_ptr<float>();
+  uint8_t *pmc = om_codes.data_ptr<uint8_t>(), *psc = os_codes.data_ptr<uint8_t>();
+  uint8_t *pms = om_scales.data_ptr<uint8_t>(), *pss = os_scales.data_ptr<uint8_t>();
+  const float m_enc = static_cast<float>(m_s_enc), s_enc = static_cast<float>(s_s_enc);
+  const uint64_t sd = static_cast<uint64_t>(seed);
+  at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
+    float mv[128], sv[128];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i = b / bpr, kb = b % bpr;
+      block_update(pr, m, s, l, a, i, kb, mv, sv, pn);
+      quantize_block(mv, l, fmt, m_enc, sd, static_cast<uint64_t>(m_offset), i, kb, pmc, ldc, pms, bpr);
+      quantize_block(sv, l, fmt, s_enc, sd, static_cast<uint64_t>(s_offset), i, kb, psc, ldc, pss, bpr);
+    }
+  });
+  return {n, om_codes, om_scales, os_codes, os_scales};
+}
+
+}  // namespace lowprec
