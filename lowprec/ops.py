@@ -36,6 +36,7 @@ def register(op: str, backend: str):
 
     def deco(fn):
         _TABLE.setdefault(op, {})[backend] = fn
+        _RESOLVED.clear()
         return fn
     return deco
 
@@ -66,8 +67,22 @@ def available_backends():
     return [b for b in BACKENDS if backend_status(b)[0]]
 
 
+_RESOLVED: Dict[tuple, Callable] = {}
+
+
 def resolve(op: str, backend: str = "auto", device=None) -> Callable:
-    """The implementation of ``op`` for ``backend`` ('auto': fastest available for ``device``)."""
+    """The implementation of ``op`` for ``backend`` ('auto': fastest available for ``device``).
+    Successful answers are memoized per (op, backend, device type) until the next ``register``
+    (optimizers resolve once per parameter and step)."""
+    dev = device.type if isinstance(device, torch.device) else device
+    key = (op, backend, dev)
+    fn = _RESOLVED.get(key)
+    if fn is None:
+        fn = _RESOLVED[key] = _resolve(op, backend, device)
+    return fn
+
+
+def _resolve(op: str, backend: str, device) -> Callable:
     if backend == "auto":
         dev = torch.device(device).type if device is not None else "cpu"
         order = AUTO_ORDER.get(dev, ("reference",))

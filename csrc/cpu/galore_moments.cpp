@@ -7,12 +7,14 @@
 //   even index in the low nibble, or one byte each) and block-scale codes (blocks of `block`
 //   along the last dim, padded), decoded as table[code] * (scale_table[scode] / tensor_scale).
 //   pass 0 returns the amax of M' and sqrt(V') (for the tensor scales); pass 1 returns
-//   (N, M' codes, M' scale codes, S' codes, S' scale codes), M' and S' stochastically rounded
-//   with the Philox byte of element (i, j) at flat index i * cols + j from (seed, offset).
+//   (N, M' codes, M' scale codes, S' codes, S' scale codes, [S_enc of M', of S']) with the
+//   given tensor scales, M' and S' stochastically rounded with the Philox byte of element
+//   (i, j) at flat index i * cols + j from (seed, offset); pass 2 does both in one call.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <vector>
@@ -55,61 +57,71 @@ struct Layout {
   const float* stab;
 };
 
-inline float decode(const StoredMoment& s, const Layout& l, int64_t i, int64_t j) {
-  const uint32_t byte = s.codes[i * s.ldc + (l.packed ? j / 2 : j)];
-  const uint32_t code = l.packed ? (byte >> ((j & 1) * 4)) & 0xFu : byte;
-  const float s_eff = l.stab[s.scales[i * s.lds + j / l.block]] / s.tensor_scale;
-  return l.etab[code] * s_eff;
+// Element codes of block (i, kb) decoded into out[0, block): table[code] * s_eff, with the
+// block's s_eff = scale_table[scode] / tensor_scale computed once.
+inline void decode_block(const StoredMoment& s, const Layout& l, int64_t i, int64_t kb, float* out) {
+  const float s_eff = l.stab[s.scales[i * s.lds + kb]] / s.tensor_scale;
+  const uint8_t* c = s.codes + i * s.ldc + (l.packed ? kb * (l.block / 2) : kb * l.block);
+  if (l.packed) {
+    for (int64_t h = 0; h < l.block / 2; ++h) {
+      out[2 * h] = l.etab[c[h] & 0xFu] * s_eff;
+      out[2 * h + 1] = l.etab[c[h] >> 4] * s_eff;
+    }
+  } else {
+    for (int64_t t = 0; t < l.block; ++t) out[t] = l.etab[c[t]] * s_eff;
+  }
 }
 
 // New M' and sqrt(V') of block (i, kb) into mv / sv (zeros past the last column); N written.
 inline void block_update(const float* r, const StoredMoment& m, const StoredMoment& s, const Layout& l,
                          const AdamScalars& a, int64_t i, int64_t kb, float* mv, float* sv, float* n) {
-  for (int64_t t = 0; t < l.block; ++t) {
-    const int64_t j = kb * l.block + t;
-    if (j >= l.cols) {
-      mv[t] = sv[t] = 0.0f;
-      continue;
-    }
-    const float so = decode(s, l, i, j);
+  float md[128], sd[128];
+  decode_block(m, l, i, kb, md);
+  decode_block(s, l, i, kb, sd);
+  const int64_t j0 = kb * l.block;
+  const int64_t width = std::min<int64_t>(l.block, l.cols - j0);
+  const float* rr = r + i * l.cols + j0;
+  float* nn = n != nullptr ? n + i * l.cols + j0 : nullptr;
+  for (int64_t t = 0; t < width; ++t) {
     float mn, vn;
-    const float nn = adam_element(decode(m, l, i, j), so * so, r[i * l.cols + j], a, &mn, &vn);
-    if (n != nullptr) n[i * l.cols + j] = nn;
+    const float d = adam_element(md[t], sd[t] * sd[t], rr[t], a, &mn, &vn);
+    if (nn != nullptr) nn[t] = d;
     mv[t] = mn;
     sv[t] = std::sqrt(vn);
   }
+  for (int64_t t = width; t < l.block; ++t) mv[t] = sv[t] = 0.0f;
 }
 
 // Stochastic rounding of one block onto the element grid; writes codes and the scale code.
+// Element (i, j) takes byte (i * cols + j) of the Philox stream (seed, offset).
 inline void quantize_block(const float* x, const Layout& l, const BlockFormat& fmt, float s_enc, uint64_t seed,
                            uint64_t offset, int64_t i, int64_t kb, uint8_t* codes, int64_t ldc, uint8_t* scales,
                            int64_t lds) {
   const uint32_t sc = scale_code(block_amax(x, l.block), fmt, s_enc);
   const float s = l.stab[sc] / s_enc;
   scales[i * lds + kb] = static_cast<uint8_t>(sc);
-  uint64_t cached = ~0ull;
-  Uint4x32 words{};
+  const int64_t j0 = kb * l.block;
+  const int64_t width = std::min<int64_t>(l.block, l.cols - j0);
+  uint8_t bytes[128];
+  const uint64_t base = static_cast<uint64_t>(i * l.cols + j0);
+  for (int64_t t = 0; t < width;) {
+    const uint64_t idx = base + static_cast<uint64_t>(t);
+    const Uint4x32 w = randint4x(seed, offset + (idx >> 4));
+    for (uint32_t k = static_cast<uint32_t>(idx & 15u); k < 16 && t < width; ++k, ++t) {
+      bytes[t] = static_cast<uint8_t>(w.w[k >> 2] >> (8 * (k & 3u)));
+    }
+  }
+  for (int64_t t = width; t < l.block; ++t) bytes[t] = 0;
+  uint32_t code[128];
   for (int64_t t = 0; t < l.block; ++t) {
-    const int64_t j = kb * l.block + t;
-    uint32_t byte = 0;
-    if (j < l.cols) {
-      const uint64_t idx = static_cast<uint64_t>(i * l.cols + j);
-      const uint64_t counter = offset + idx / 16;
-      if (counter != cached) {
-        words = randint4x(seed, counter);
-        cached = counter;
-      }
-      const uint32_t k = static_cast<uint32_t>(idx % 16);
-      byte = (words.w[k / 4] >> (8 * (k % 4))) & 0xFFu;
-    }
     const float xs = (s == 0.0f) ? 0.0f : x[t] / s;
-    const uint32_t code = element_code(round_element(xs, fmt.elem, kStochastic, byte), fmt.elem);
-    if (l.packed) {
-      uint8_t& b = codes[i * ldc + j / 2];
-      b = (j & 1) ? static_cast<uint8_t>((b & 0x0F) | (code << 4)) : static_cast<uint8_t>(code & 0x0F);
-    } else {
-      codes[i * ldc + j] = static_cast<uint8_t>(code);
-    }
+    code[t] = element_code(round_element(xs, fmt.elem, kStochastic, bytes[t]), fmt.elem);
+  }
+  uint8_t* out = codes + i * ldc + (l.packed ? j0 / 2 : j0);
+  if (l.packed) {
+    for (int64_t h = 0; h < l.block / 2; ++h) out[h] = static_cast<uint8_t>((code[2 * h] & 0xFu) | (code[2 * h + 1] << 4));
+  } else {
+    for (int64_t t = 0; t < l.block; ++t) out[t] = static_cast<uint8_t>(code[t]);
   }
 }
 
@@ -170,7 +182,8 @@ std::vector<at::Tensor> galore_adam_lowbit_cpu(const at::Tensor& r, const at::Te
   TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == at::kFloat && r.dim() == 2 && r.is_contiguous(),
               "lowprec::galore_adam_lowbit: a contiguous 2-D fp32 CPU gradient");
   TORCH_CHECK(block >= 2 && block <= 128 && block % 2 == 0, "lowprec::galore_adam_lowbit: block in [2, 128], even");
-  TORCH_CHECK(pass == 0 || pass == 1, "lowprec::galore_adam_lowbit: pass 0 (amax) or 1 (update)");
+  TORCH_CHECK(pass >= 0 && pass <= 2,
+              "lowprec::galore_adam_lowbit: pass 0 (amaxes), 1 (update with the given tensor scales) or 2 (all)");
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&m_codes, &m_scales, &s_codes, &s_scales})
     check_codes(*t, "codes and scale codes");
   TORCH_CHECK(elem_table.scalar_type() == at::kFloat && scale_table.scalar_type() == at::kFloat &&
@@ -208,21 +221,46 @@ std::vector<at::Tensor> galore_adam_lowbit_cpu(const at::Tensor& r, const at::Te
   auto n = at::empty_like(r);
   auto om_codes = at::empty_like(m_codes), os_codes = at::empty_like(s_codes);
   auto om_scales = at::empty_like(m_scales), os_scales = at::empty_like(s_scales);
+  auto enc = at::empty({2}, r.options());
   float* pn = n.data_ptr<float>();
   uint8_t *pmc = om_codes.data_ptr<uint8_t>(), *psc = os_codes.data_ptr<uint8_t>();
   uint8_t *pms = om_scales.data_ptr<uint8_t>(), *pss = os_scales.data_ptr<uint8_t>();
-  const float m_enc = static_cast<float>(m_s_enc), s_enc = static_cast<float>(s_s_enc);
+  float m_enc = static_cast<float>(m_s_enc), s_enc = static_cast<float>(s_s_enc);
   const uint64_t sd = static_cast<uint64_t>(seed);
-  at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
-    float mv[128], sv[128];
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t i = b / bpr, kb = b % bpr;
-      block_update(pr, m, s, l, a, i, kb, mv, sv, pn);
-      quantize_block(mv, l, fmt, m_enc, sd, static_cast<uint64_t>(m_offset), i, kb, pmc, ldc, pms, bpr);
-      quantize_block(sv, l, fmt, s_enc, sd, static_cast<uint64_t>(s_offset), i, kb, psc, ldc, pss, bpr);
-    }
-  });
-  return {n, om_codes, om_scales, os_codes, os_scales};
+  const uint64_t mo = static_cast<uint64_t>(m_offset), so = static_cast<uint64_t>(s_offset);
+  if (pass == 2 && fmt.tensor_scale) {
+    // one call: M' and sqrt(V') of every block into a scratch buffer, their amaxes, the
+    // tensor scales, then the quantization (no second decode as pass 0 + pass 1 would do)
+    auto scratch = at::empty({2, nblk, block}, r.options());
+    float* pm = scratch.data_ptr<float>();
+    float* ps = pm + nblk * block;
+    at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) block_update(pr, m, s, l, a, b / bpr, b % bpr, pm + b * block,
+                                                         ps + b * block, pn);
+    });
+    m_enc = tensor_encode_scale(block_amax(pm, nblk * block), fmt);
+    s_enc = tensor_encode_scale(block_amax(ps, nblk * block), fmt);
+    at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        quantize_block(pm + b * block, l, fmt, m_enc, sd, mo, b / bpr, b % bpr, pmc, ldc, pms, bpr);
+        quantize_block(ps + b * block, l, fmt, s_enc, sd, so, b / bpr, b % bpr, psc, ldc, pss, bpr);
+      }
+    });
+  } else {
+    if (pass == 2) m_enc = s_enc = 1.0f;
+    at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
+      float mv[128], sv[128];
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t i = b / bpr, kb = b % bpr;
+        block_update(pr, m, s, l, a, i, kb, mv, sv, pn);
+        quantize_block(mv, l, fmt, m_enc, sd, mo, i, kb, pmc, ldc, pms, bpr);
+        quantize_block(sv, l, fmt, s_enc, sd, so, i, kb, psc, ldc, pss, bpr);
+      }
+    });
+  }
+  enc.data_ptr<float>()[0] = m_enc;
+  enc.data_ptr<float>()[1] = s_enc;
+  return {n, om_codes, om_scales, os_codes, os_scales, enc};
 }
 
 }  // namespace lowprec

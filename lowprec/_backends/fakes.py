@@ -42,4 +42,4 @@ def _fake_galore_lowbit(r, m_codes, m_scales, s_codes, s_scales, elem_table, sca
     if pass_ == 0:
         return [r.new_empty((2,))]
     return [torch.empty_like(r), torch.empty_like(m_codes), torch.empty_like(m_scales), torch.empty_like(s_codes),
-            torch.empty_like(s_scales)]
+            torch.empty_like(s_scales), r.new_empty((2,))]

@@ -24,6 +24,7 @@ Backends: ``reference`` (here, through lowprec's reference quantizer), ``cpp``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Tuple
 
 import torch
@@ -50,14 +51,19 @@ class MomentScalars:
 
     @classmethod
     def make(cls, step: int, betas, eps: float) -> "MomentScalars":
-        if step < 1:
-            raise ValueError(f"step counts from 1, got {step}")
-        b1, b2 = betas
-        return cls(f32(b1), f32(b2), f32(1.0 - b1), f32(1.0 - b2), f32(1.0 / (1.0 - b1 ** step)),
-                   f32(1.0 / (1.0 - b2 ** step)), f32(eps))
+        return _scalars(int(step), float(betas[0]), float(betas[1]), float(eps))
 
     def as_list(self):
         return [self.beta1, self.beta2, self.c1, self.c2, self.ibc1, self.ibc2, self.eps]
+
+
+@lru_cache(maxsize=256)
+def _scalars(step: int, b1: float, b2: float, eps: float) -> MomentScalars:
+    """Memoized: every parameter of a group shares the step's scalars."""
+    if step < 1:
+        raise ValueError(f"step counts from 1, got {step}")
+    return MomentScalars(f32(b1), f32(b2), f32(1.0 - b1), f32(1.0 - b2), f32(1.0 / (1.0 - b1 ** step)),
+                         f32(1.0 / (1.0 - b2 ** step)), f32(eps))
 
 
 def _adam(m, v, r, s: MomentScalars):
@@ -92,11 +98,17 @@ def reference_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
     return n, m_new, s_new
 
 
-def _kernel_args(r, m_st, v_st, fmt_name):
+@lru_cache(maxsize=None)
+def _format_args(fmt_name: str, device: torch.device):
     fmt = lowbit.state_format(fmt_name)
     ints, floats = format_params(fmt)
+    tables = (fmt.element.table(device).float().contiguous(), fmt.scale.table(device).float().contiguous())
+    return fmt, ints, floats, tables
+
+
+def _kernel_args(r, m_st, v_st, fmt_name):
+    fmt, ints, floats, tables = _format_args(fmt_name, r.device)
     ts = [float(st["tensor_scale"]) if "tensor_scale" in st else 1.0 for st in (m_st, v_st)]
-    tables = (fmt.element.table(r.device).float().contiguous(), fmt.scale.table(r.device).float().contiguous())
     return fmt, ints, floats, ts, tables
 
 
@@ -123,15 +135,11 @@ def cpp_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
         n = torch.ops.lowprec.galore_adam_fp32_(r, m_st["value"], v_st["value"], sc.as_list())
         return n, m_st, v_st
     fmt, ints, floats, ts, (etab, stab) = _kernel_args(r, m_st, v_st, fmt_name)
-    args = (r, m_st["codes"], m_st["scales"], v_st["codes"], v_st["scales"], etab, stab, ints, floats,
-            sc.as_list(), fmt.block_size)
     used = lowbit.padded_numel(r.shape, fmt.block_size)
-    amax = None
-    if fmt.tensor_scale:
-        amax = torch.ops.lowprec.galore_adam_lowbit(*args, 0, ts[0], ts[1], 1.0, 1.0, seed, offset, offset + used)[0]
-    se_m, se_s, t_m, t_s = _tensor_scales(fmt, amax)
-    n, mc, ms, scodes, ss = torch.ops.lowprec.galore_adam_lowbit(*args, 1, ts[0], ts[1], se_m, se_s, seed, offset,
-                                                                 offset + used)
+    n, mc, ms, scodes, ss, enc = torch.ops.lowprec.galore_adam_lowbit(
+        r, m_st["codes"], m_st["scales"], v_st["codes"], v_st["scales"], etab, stab, ints, floats, sc.as_list(),
+        fmt.block_size, 2, ts[0], ts[1], 1.0, 1.0, seed, offset, offset + used)
+    t_m, t_s = (enc[0].clone(), enc[1].clone()) if fmt.tensor_scale else (None, None)
     return n, _stored(mc, ms, t_m), _stored(scodes, ss, t_s)
 
 

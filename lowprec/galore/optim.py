@@ -239,7 +239,8 @@ class GaLoreAdamW(_GaLoreBase):
         n, state["exp_avg"], state["exp_avg_sq"], used = moments.adam_moments(
             r, state["exp_avg"], state["exp_avg_sq"], fmt, sc, int(state["sr_seed"]), int(state["sr_offset"]),
             backend=self.backend)
-        state["sr_offset"] += used
+        if used:
+            state["sr_offset"] += used
         self._update_weight(p, n, group, proj, stored_p)
         if projected:
             self._release_projector(p, proj, group)

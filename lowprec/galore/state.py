@@ -10,6 +10,7 @@ count of every write, so a resumed run draws the same bits.
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -22,6 +23,7 @@ from ..tensor import QuantizedTensor
 STATE_FORMATS = ("fp32", "mxfp8", "nvfp4", "mxfp4", "ue5m3")
 
 
+@lru_cache(maxsize=None)
 def state_format(name: str):
     """The preset with a scale rule that never clips the block maximum (e8m0: ceil; coded
     minifloat scales: rounded up), so that stochastic rounding stays unbiased for every

@@ -136,3 +136,4 @@ def test_opcheck_cpp_ops():
             fmt.scale.table().float(), ints, floats, [0.9, 0.999, 0.1, 0.001, 10.0, 1000.0, 1e-6], 16)
     opcheck(torch.ops.lowprec.galore_adam_lowbit, args + (0, 1.0, 1.0, 1.0, 1.0, 5, 0, 64))
     opcheck(torch.ops.lowprec.galore_adam_lowbit, args + (1, 1.0, 1.0, 2.0, 3.0, 5, 0, 64))
+    opcheck(torch.ops.lowprec.galore_adam_lowbit, args + (2, 1.0, 1.0, 1.0, 1.0, 5, 0, 64))

@@ -189,6 +189,14 @@ LOWPREC_HD float block_amax(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+// Tensor (second-level) encode scale S_enc = (scale max * element max) / amax in fp32, or 1
+// when amax is not > 0 or S_enc is not finite (lowprec/reference/scales.py).
+LOWPREC_HD float tensor_encode_scale(float amax, const BlockFormat& f) {
+  const float num = static_cast<float>(static_cast<double>(f.scale.max) * static_cast<double>(f.elem.max));
+  const float s = num / amax;
+  return (isfinite(s) && amax > 0.0f) ? s : 1.0f;
+}
+
 // Scale code of a block (uint8 for e8m0/minifloat), given its amax and S_enc.
 // Returns the code; NaN/Inf amax gives the NaN code (0xFF for e8m0).
 LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) {
