@@ -2,9 +2,11 @@
 tensors after one step, on the simulate model and on LLaMA-shaped models built from a
 config (transformers' LlamaConfig); (2) projector refresh time, full SVD against the
 randomized range finder, with the subspace error; (3) amortized optimizer-step time against
-AdamW on a LLaMA-shaped layer stack.
+AdamW on a LLaMA-shaped layer stack; (4) amortized whole training step (forward, backward,
+optimizer; refreshes included) on the simulate model, the optimizers interleaved in rounds
+so that they share the machine's state.
 
-Usage: python benchmarks/bench_galore.py [--parts memory refresh step] [--quick]
+Usage: python benchmarks/bench_galore.py [--parts memory formula refresh step train] [--quick]
 """
 
 import argparse
@@ -135,6 +137,12 @@ def step_rows(quick):
         ("galore 8-bit", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap,
                                                  "refresh": "randomized", "state_format": "mxfp8"}], lr=1e-3),
          "randomized"),
+        ("galore fp4 (nvfp4)", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap,
+                                                       "refresh": "randomized", "state_format": "nvfp4"}], lr=1e-3),
+         "randomized"),
+        ("galore 8-bit + 8-bit P", lambda ps: GaLoreAdamW([{"params": ps, "rank": 128, "update_proj_gap": gap,
+                                                           "refresh": "randomized", "state_format": "mxfp8",
+                                                           "proj_format": "mxfp8"}], lr=1e-3), "randomized"),
     ]:
         torch.manual_seed(0)
         ps = [nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
@@ -154,9 +162,50 @@ def step_rows(quick):
     return rows
 
 
+def train_rows(quick):
+    """Whole training steps of the simulate model (batch 16 x 64), mean over every step of
+    each round (so refreshes every 50 steps are amortized), optimizers interleaved."""
+    import torch.nn.functional as F
+    from lowprec.sim.model import TinyLMConfig
+    cfg = TinyLMConfig()
+    extra = {"adamw": None, "galore": {}, "galore 8-bit": {"state_format": "mxfp8"},
+             "galore fp4 (nvfp4)": {"state_format": "nvfp4"}, "galore randomized": {"refresh": "randomized"},
+             "galore 8-bit + 8-bit P": {"state_format": "mxfp8", "proj_format": "mxfp8"}}
+    runs = {}
+    for name, kw in extra.items():
+        torch.manual_seed(0)
+        model = TinyLM(cfg)
+        opt = (torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1) if kw is None else
+               GaLoreAdamW(galore_param_groups(model, rank=cfg.d_model // 4, update_proj_gap=50, scale=0.25, **kw),
+                           lr=1e-3, weight_decay=0.1))
+        runs[name] = (model, opt)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab, (16, cfg.seq_len + 1), generator=gen)
+    steps, rounds = (50, 2) if quick else (100, 4)
+    times = {n: [] for n in runs}
+    for rnd in range(rounds + 1):
+        for name, (model, opt) in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                logits = model(ids[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), ids[:, 1:].reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if rnd:                                          # round 0 warms up (first refresh)
+                times[name].append((time.perf_counter() - t0) / steps)
+    base = sum(times["adamw"]) / len(times["adamw"])
+    rows = []
+    for name, ts in times.items():
+        mean = sum(ts) / len(ts)
+        rows.append({"optimizer": name, "step_ms": mean * 1e3, "min_round_ms": min(ts) * 1e3,
+                     "max_round_ms": max(ts) * 1e3, "vs_adamw": mean / base})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step"])
+    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step", "train"])
     ap.add_argument("--quick", action="store_true", help="small shapes only")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -182,6 +231,11 @@ def main():
         print("\noptimizer step, LLaMA-60M-shaped matrices, rank 128, refresh every 200 steps")
         print_table(rows, ["optimizer", "refresh_step_s", "plain_step_s", "amortized_step_s", "vs_adamw"])
         print("wrote", write_results("galore_step_cpu", rows))
+    if "train" in args.parts:
+        rows = train_rows(args.quick)
+        print("\nwhole training step, simulate model, rank d_model/4, refresh every 50 steps (amortized)")
+        print_table(rows, ["optimizer", "step_ms", "min_round_ms", "max_round_ms", "vs_adamw"])
+        print("wrote", write_results("galore_train_step_cpu", rows))
 
 
 if __name__ == "__main__":
