@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include "lowprec/formats.h"
+#include "lowprec/params.h"
 
 namespace lowprec {
 cudaError_t launch_random_bytes(uint8_t* out, uint64_t seed, uint64_t offset, int64_t numel, cudaStream_t stream);
@@ -27,19 +28,6 @@ at::Tensor random_bytes_cuda(int64_t seed, int64_t offset, int64_t numel, c10::D
 }
 
 namespace {
-BlockFormat block_format(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
-  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
-  BlockFormat f;
-  f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
-  f.elem_emax = int(ip[4]);
-  f.scale_kind = int(ip[5]);
-  f.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
-  f.rule = int(ip[10]);
-  f.scale_rounding = int(ip[11]);
-  f.tensor_scale = int(ip[12]);
-  return f;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& xb, const c10::optional<at::Tensor>& rand,
                                                    const at::Tensor& table, c10::IntArrayRef ip, c10::ArrayRef<double> fp,
                                                    double s_enc, int64_t rounding, int64_t seed, int64_t offset,
@@ -47,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& xb, const c
   TORCH_CHECK(xb.is_cuda() && xb.scalar_type() == at::kFloat && xb.dim() == 2 && xb.is_contiguous(),
               "lowprec cuda kernels take contiguous fp32 blocks [n_blocks, block]");
   c10::cuda::CUDAGuard guard(xb.device());
-  const BlockFormat f = block_format(ip, fp);
+  const BlockFormat f = block_format_from(ip, fp);
   const int64_t n = xb.size(0);
   const int bs = static_cast<int>(xb.size(1));
   const bool has_rand = rand.has_value() && rand->defined() && rand->numel() > 0;

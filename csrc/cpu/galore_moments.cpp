@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "lowprec/formats.h"
+#include "lowprec/params.h"
 
 namespace lowprec {
 
@@ -126,15 +127,7 @@ inline void quantize_block(const float* x, const Layout& l, const BlockFormat& f
 }
 
 BlockFormat block_format(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
-  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
-  BlockFormat f;
-  f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
-  f.elem_emax = int(ip[4]);
-  f.scale_kind = int(ip[5]);
-  f.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
-  f.rule = int(ip[10]);
-  f.scale_rounding = int(ip[11]);
-  f.tensor_scale = int(ip[12]);
+  const BlockFormat f = block_format_from(ip, fp);
   TORCH_CHECK(f.scale_kind != kFp32Scale, "lowprec GaLore moments: low-bit state needs coded block scales");
   return f;
 }

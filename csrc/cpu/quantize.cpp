@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "lowprec/formats.h"
+#include "lowprec/params.h"
 
 namespace lowprec {
 
@@ -23,15 +24,8 @@ struct Params {
 
 Params make_params(c10::IntArrayRef ip, c10::ArrayRef<double> fp, double s_enc, int64_t rounding,
                    int64_t seed, int64_t offset, bool inline_rng) {
-  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
   Params p;
-  p.fmt.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
-  p.fmt.elem_emax = int(ip[4]);
-  p.fmt.scale_kind = int(ip[5]);
-  p.fmt.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
-  p.fmt.rule = int(ip[10]);
-  p.fmt.scale_rounding = int(ip[11]);
-  p.fmt.tensor_scale = int(ip[12]);
+  p.fmt = block_format_from(ip, fp);
   p.s_enc = static_cast<float>(s_enc);
   p.rounding = int(rounding);
   p.seed = static_cast<uint64_t>(seed);

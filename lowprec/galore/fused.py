@@ -79,26 +79,21 @@ def _dequantized(q, backend):
     return ops.resolve("dequantize", backend, q.device)(q, torch.float32)
 
 
-@ops.register(PROJECT_Q, "reference")
-def reference_project_q(g, q, side):
-    return _project(_dequantized(q, "reference"), g.float(), side)
+def _register_dequantizing(backend: str, update) -> None:
+    """``backend`` dequantizes P with its own kernel, then projects / updates in fp32."""
+    def project(g, q, side):
+        return _project(_dequantized(q, backend), g.float(), side)
+
+    def update_(w, q, n, side, coef, c_wd):
+        p = _dequantized(q, backend)
+        update(w, *((p, n) if side == "left" else (n, p)), coef, c_wd)
+
+    ops.register(PROJECT_Q, backend)(project)
+    ops.register(UPDATE_Q, backend)(update_)
 
 
-@ops.register(UPDATE_Q, "reference")
-def reference_update_q(w, q, n, side, coef, c_wd):
-    p = _dequantized(q, "reference")
-    reference_update(w, *((p, n) if side == "left" else (n, p)), coef, c_wd)
-
-
-@ops.register(PROJECT_Q, "cpp")
-def cpp_project_q(g, q, side):
-    return _project(_dequantized(q, "cpp"), g.float(), side)
-
-
-@ops.register(UPDATE_Q, "cpp")
-def cpp_update_q(w, q, n, side, coef, c_wd):
-    p = _dequantized(q, "cpp")
-    cpp_update(w, *((p, n) if side == "left" else (n, p)), coef, c_wd)
+_register_dequantizing("reference", reference_update)
+_register_dequantizing("cpp", cpp_update)
 
 
 @ops.register(PROJECT_Q, "triton")

@@ -1,0 +1,24 @@
+// The format parameter lists that Python passes to every kernel (lowprec/_backends/blocked.py,
+// format_params) turned into a BlockFormat: host code only (c10 types).
+#pragma once
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+
+#include "lowprec/formats.h"
+
+namespace lowprec {
+
+inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
+  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
+  BlockFormat f;
+  f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
+  f.elem_emax = int(ip[4]);
+  f.scale_kind = int(ip[5]);
+  f.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
+  f.rule = int(ip[10]);
+  f.scale_rounding = int(ip[11]);
+  f.tensor_scale = int(ip[12]);
+  return f;
+}
+
+}  // namespace lowprec
