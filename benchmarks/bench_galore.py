@@ -4,9 +4,9 @@ config (transformers' LlamaConfig); (2) projector refresh time, full SVD against
 randomized range finder, with the subspace error; (3) amortized optimizer-step time against
 AdamW on a LLaMA-shaped layer stack; (4) amortized whole training step (forward, backward,
 optimizer; refreshes included) on the simulate model, the optimizers interleaved in rounds
-so that they share the machine's state.
+so that they share the machine's state; (5) the fused Adam-moment op per backend.
 
-Usage: python benchmarks/bench_galore.py [--parts memory formula refresh step train] [--quick]
+Usage: python benchmarks/bench_galore.py [--parts memory formula refresh step train moments] [--quick]
 """
 
 import argparse
@@ -162,6 +162,27 @@ def step_rows(quick):
     return rows
 
 
+def moment_rows(quick):
+    """The fused Adam-moment op (decode, update, stochastic re-quantization) per backend."""
+    from lowprec import ops
+    from lowprec.galore import moments as mom
+    shapes = [(512, 128)] if quick else [(512, 128), (128, 1376), (2048, 512)]
+    rows = []
+    for fmt in ("fp32", "mxfp8", "nvfp4"):
+        for shape in shapes:
+            for backend in ("reference", "cpp"):
+                if not ops.backend_status(backend)[0]:
+                    continue
+                m_st, v_st = mom.zeros(shape, fmt)
+                r = torch.randn(shape)
+                sc = mom.MomentScalars.make(3, (0.9, 0.999), 1e-8)
+                t = time_fn(lambda: mom.adam_moments(r, m_st, v_st, fmt, sc, backend=backend), repeats=5, warmup=1)
+                n = r.numel()
+                rows.append({"format": fmt, "shape": f"{shape[0]}x{shape[1]}", "backend": backend,
+                             "time_ms": t["median_s"] * 1e3, "ns_per_element": t["median_s"] / n * 1e9})
+    return rows
+
+
 def train_rows(quick):
     """Whole training steps of the simulate model (batch 16 x 64), mean over every step of
     each round (so refreshes every 50 steps are amortized), optimizers interleaved."""
@@ -205,7 +226,7 @@ def train_rows(quick):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step", "train"])
+    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step", "train", "moments"])
     ap.add_argument("--quick", action="store_true", help="small shapes only")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -236,6 +257,11 @@ def main():
         print("\nwhole training step, simulate model, rank d_model/4, refresh every 50 steps (amortized)")
         print_table(rows, ["optimizer", "step_ms", "min_round_ms", "max_round_ms", "vs_adamw"])
         print("wrote", write_results("galore_train_step_cpu", rows))
+    if "moments" in args.parts:
+        rows = moment_rows(args.quick)
+        print("\nfused Adam-moment op (galore_adam_moments), stochastic re-quantization for low-bit state")
+        print_table(rows, ["format", "shape", "backend", "time_ms", "ns_per_element"])
+        print("wrote", write_results("galore_moments_cpu", rows))
 
 
 if __name__ == "__main__":
