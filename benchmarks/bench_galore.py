@@ -226,43 +226,34 @@ def train_rows(quick):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step", "train", "moments"])
+    ap.add_argument("--parts", nargs="+", default=["memory", "formula", "refresh", "step", "train", "moments"],
+                    choices=["memory", "formula", "refresh", "step", "train", "moments"])
     ap.add_argument("--quick", action="store_true", help="small shapes only")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    if "memory" in args.parts:
-        rows = memory_rows(args.quick)
-        print("\noptimizer-state memory (measured from the state tensors after one step)")
-        print_table(rows, ["model", "optimizer", "rank", "params_M", "projected_params_M", "state_MiB",
-                           "vs_adamw", "saving"])
-        print("wrote", write_results("galore_memory_cpu", rows))
-    if "formula" in args.parts:
-        rows = formula_rows()
-        print("\noptimizer-state size from the shapes (fp32 numbers), rank = hidden / 4")
-        print_table(rows, ["model", "rank", "params_M", "adamw_state_GiB", "galore_state_GiB", "saving_all",
-                           "saving_projected_layers"])
-        print("wrote", write_results("galore_memory_formula", rows))
-    if "refresh" in args.parts:
-        rows = refresh_rows(args.quick)
-        print("\nprojector refresh: full SVD vs randomized range finder (r=128, oversample 8)")
-        print_table(rows, ["shape", "method", "time_s", "speedup", "subspace_error_left", "subspace_error_right"])
-        print("wrote", write_results("galore_refresh_cpu", rows))
-    if "step" in args.parts:
-        rows = step_rows(args.quick)
-        print("\noptimizer step, LLaMA-60M-shaped matrices, rank 128, refresh every 200 steps")
-        print_table(rows, ["optimizer", "refresh_step_s", "plain_step_s", "amortized_step_s", "vs_adamw"])
-        print("wrote", write_results("galore_step_cpu", rows))
-    if "train" in args.parts:
-        rows = train_rows(args.quick)
-        print("\nwhole training step, simulate model, rank d_model/4, refresh every 50 steps (amortized)")
-        print_table(rows, ["optimizer", "step_ms", "min_round_ms", "max_round_ms", "vs_adamw"])
-        print("wrote", write_results("galore_train_step_cpu", rows))
-    if "moments" in args.parts:
-        rows = moment_rows(args.quick)
-        print("\nfused Adam-moment op (galore_adam_moments), stochastic re-quantization for low-bit state")
-        print_table(rows, ["format", "shape", "backend", "time_ms", "ns_per_element"])
-        print("wrote", write_results("galore_moments_cpu", rows))
-
+    parts = {  # name: (rows, title, columns, results file)
+        "memory": (memory_rows, "optimizer-state memory (measured from the state tensors after one step)",
+                   ["model", "optimizer", "rank", "params_M", "projected_params_M", "state_MiB", "vs_adamw",
+                    "saving"], "galore_memory_cpu"),
+        "formula": (lambda quick: formula_rows(), "optimizer-state size from the shapes (fp32 numbers), rank = hidden / 4",
+                    ["model", "rank", "params_M", "adamw_state_GiB", "galore_state_GiB", "saving_all",
+                     "saving_projected_layers"], "galore_memory_formula"),
+        "refresh": (refresh_rows, "projector refresh: full SVD vs randomized range finder (r=128, oversample 8)",
+                    ["shape", "method", "time_s", "speedup", "subspace_error_left", "subspace_error_right"],
+                    "galore_refresh_cpu"),
+        "step": (step_rows, "optimizer step, LLaMA-60M-shaped matrices, rank 128, refresh every 200 steps",
+                 ["optimizer", "refresh_step_s", "plain_step_s", "amortized_step_s", "vs_adamw"], "galore_step_cpu"),
+        "train": (train_rows, "whole training step, simulate model, rank d_model/4, refresh every 50 steps (amortized)",
+                  ["optimizer", "step_ms", "min_round_ms", "max_round_ms", "vs_adamw"], "galore_train_step_cpu"),
+        "moments": (moment_rows, "fused Adam-moment op (galore_adam_moments), stochastic re-quantization for low-bit "
+                    "state", ["format", "shape", "backend", "time_ms", "ns_per_element"], "galore_moments_cpu"),
+    }
+    for name in args.parts:
+        make, title, columns, out = parts[name]
+        rows = make(args.quick)
+        print("\n" + title)
+        print_table(rows, columns)
+        print("wrote", write_results(out, rows))
 
 if __name__ == "__main__":
     main()

@@ -106,20 +106,6 @@ def _format_args(fmt_name: str, device: torch.device):
     return fmt, ints, floats, tables
 
 
-def _kernel_args(r, m_st, v_st, fmt_name):
-    fmt, ints, floats, tables = _format_args(fmt_name, r.device)
-    ts = [float(st["tensor_scale"]) if "tensor_scale" in st else 1.0 for st in (m_st, v_st)]
-    return fmt, ints, floats, ts, tables
-
-
-def _tensor_scales(fmt, amax: torch.Tensor):
-    """S_enc of M' and S' from their amaxes (1 for formats without a tensor scale)."""
-    if not fmt.tensor_scale:
-        return 1.0, 1.0, None, None
-    sm, ss = tensor_encode_scale(amax[0], fmt), tensor_encode_scale(amax[1], fmt)
-    return float(sm), float(ss), sm, ss
-
-
 def _stored(codes, scales, ts):
     out = {"codes": codes, "scales": scales}
     if ts is not None:
@@ -134,7 +120,8 @@ def cpp_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
     if fmt_name == "fp32":
         n = torch.ops.lowprec.galore_adam_fp32_(r, m_st["value"], v_st["value"], sc.as_list())
         return n, m_st, v_st
-    fmt, ints, floats, ts, (etab, stab) = _kernel_args(r, m_st, v_st, fmt_name)
+    fmt, ints, floats, (etab, stab) = _format_args(fmt_name, r.device)
+    ts = [float(st["tensor_scale"]) if "tensor_scale" in st else 1.0 for st in (m_st, v_st)]
     used = lowbit.padded_numel(r.shape, fmt.block_size)
     n, mc, ms, scodes, ss, enc = torch.ops.lowprec.galore_adam_lowbit(
         r, m_st["codes"], m_st["scales"], v_st["codes"], v_st["scales"], etab, stab, ints, floats, sc.as_list(),
@@ -158,7 +145,7 @@ def triton_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
         fp32_moments_kernel[(triton.cdiv(r.numel(), _FP32_BLOCK),)](r, m, v, n, r.numel(), *sc.as_list(),
                                                                      BLOCK=_FP32_BLOCK, enable_fp_fusion=False)
         return n, m_st, v_st
-    fmt, ints, floats, ts, (etab, stab) = _kernel_args(r, m_st, v_st, fmt_name)
+    fmt, ints, floats, (etab, stab) = _format_args(fmt_name, r.device)
     rows, cols = r.shape
     bs = fmt.block_size
     bpr = -(-cols // bs)
@@ -171,21 +158,26 @@ def triton_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12])
     grid = (triton.cdiv(n_blocks, _ROWS),)
     none = r.new_empty(0)
+    one = torch.ones((), dtype=torch.float32, device=r.device)
+    ts_in = [st.get("tensor_scale", one).float().reshape(()) for st in (m_st, v_st)]
 
-    def launch(pass_, outs, amax, se_m, se_s):
+    def launch(pass_, outs, amax, s_enc):
+        scal = torch.stack(ts_in + list(s_enc))          # on the device: no host round trip
         lowbit_moments_kernel[grid](r, outs[0], mc, ms, scodes, ss, outs[1], outs[2], outs[3], outs[4], amax, etab, stab,
-                                    cols, bpr, n_blocks, ts[0], ts[1], se_m, se_s, *sc.as_list(), seed, offset,
-                                    offset + used, PASS=pass_, enable_fp_fusion=False, **consts)
+                                    cols, bpr, n_blocks, scal, *sc.as_list(), seed, offset, offset + used,
+                                    PASS=pass_, enable_fp_fusion=False, **consts)
 
-    amax = None
+    t_m = t_s = None
+    s_enc = (one, one)
     if fmt.tensor_scale:
         blocks = torch.empty(n_blocks, 2, dtype=torch.float32, device=r.device)
-        launch(0, (none, none, none, none, none), blocks, 1.0, 1.0)
+        launch(0, (none, none, none, none, none), blocks, s_enc)
         amax = blocks.amax(0)                                  # NaN propagates
-    se_m, se_s, t_m, t_s = _tensor_scales(fmt, amax)
+        t_m, t_s = tensor_encode_scale(amax[0], fmt), tensor_encode_scale(amax[1], fmt)
+        s_enc = (t_m, t_s)
     outs = (torch.empty_like(r), torch.empty_like(mc), torch.empty_like(ms), torch.empty_like(scodes),
             torch.empty_like(ss))
-    launch(1, outs, none, se_m, se_s)
+    launch(1, outs, none, s_enc)
     n, omc, oms, osc, oss = outs
     return n, _stored(omc, oms, t_m), _stored(osc, oss, t_s)
 

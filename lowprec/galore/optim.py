@@ -111,9 +111,26 @@ class _GaLoreBase(torch.optim.Optimizer):
         r = galore_project_q(g, stored_p, proj.side, self.backend) if stored_p is not None else proj.project(g)
         return proj, r, refreshed, old, stored_p
 
+    def _init_state(self, p, state) -> None:
+        """First-step state besides the step counter (subclasses add theirs)."""
+
+    def _begin(self, p, group):
+        """Shared start of a step: state (created on the first step), then for projected
+        parameters the refresh and R = project(G).  -> (state, R (G when plain), projector
+        or None, refreshed, old (P, P_r), stored microscaled P or None)."""
+        state = self.state[p]
+        g = p.grad.float()
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+            self._init_state(p, state)
+        if not self.is_projected(p, group):
+            return state, g, None, False, (None, None), None
+        proj, r, refreshed, old, stored_p = self._project_grad(p, g, group, state, int(state["step"]))
+        return state, r, proj, refreshed, old, stored_p
+
     def _release_projector(self, p, proj, group) -> None:
         """After a step with ``proj_format``: drop the fp32 P (only the stored one stays)."""
-        if group["proj_format"] is None or proj.identity:
+        if proj is None or group["proj_format"] is None or proj.identity:
             return
         if proj.side == "full":
             self._projectors.pop(p, None)
@@ -181,8 +198,11 @@ class _GaLoreBase(torch.optim.Optimizer):
 
 
 def _to_device(obj, device):
+    """State tensors onto the parameter's device; 0-d integer counters (step, Philox seed and
+    offset) stay on the CPU, as they are created, so reading them never waits on a GPU."""
     if torch.is_tensor(obj):
-        return obj.to(device)
+        counter = obj.dim() == 0 and not obj.is_floating_point() and obj.dtype != torch.bool
+        return obj.cpu() if counter else obj.to(device)
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     return obj
@@ -212,26 +232,19 @@ class GaLoreAdamW(_GaLoreBase):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rank=rank, **galore)
         super().__init__(params, defaults, seed=seed, backend=backend)
 
+    def _init_state(self, p, state) -> None:
+        state["sr_seed"] = torch.tensor((self.seed * 1_000_003 + self._index[p]) & 0x7FFFFFFF)
+        state["sr_offset"] = torch.zeros((), dtype=torch.int64)
+
     @torch.no_grad()
     def step_param(self, p: torch.Tensor, group: dict) -> None:
         """One update of ``p`` (used by ``step`` and by layer-wise hooks)."""
         if p.grad.is_sparse:
             raise RuntimeError("GaLoreAdamW does not support sparse gradients")
-        state = self.state[p]
-        projected = self.is_projected(p, group)
-        g = p.grad.float()
-        fmt = group["state_format"] if projected else "fp32"
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.int64)
-            state["sr_seed"] = torch.tensor((self.seed * 1_000_003 + self._index[p]) & 0x7FFFFFFF)
-            state["sr_offset"] = torch.zeros((), dtype=torch.int64)
-        step = int(state["step"])
-        proj = stored_p = None
-        r = g
-        if projected:
-            proj, r, refreshed, old, stored_p = self._project_grad(p, g, group, state, step)
-            if refreshed and "exp_avg" in state and old[0] is not None:
-                self._apply_moment_policy(state, group, proj, old, r.shape)
+        state, r, proj, refreshed, old, stored_p = self._begin(p, group)
+        fmt = group["state_format"] if proj is not None else "fp32"
+        if refreshed and "exp_avg" in state and old[0] is not None:
+            self._apply_moment_policy(state, group, proj, old, r.shape)
         if "exp_avg" not in state:
             state["exp_avg"], state["exp_avg_sq"] = moments.zeros(r.shape, fmt, r.device)
         state["step"] += 1
@@ -242,8 +255,7 @@ class GaLoreAdamW(_GaLoreBase):
         if used:
             state["sr_offset"] += used
         self._update_weight(p, n, group, proj, stored_p)
-        if projected:
-            self._release_projector(p, proj, group)
+        self._release_projector(p, proj, group)
 
     def _apply_moment_policy(self, state, group, proj, old, shape):
         policy = group["moment_policy"]
@@ -281,16 +293,7 @@ class GaLoreAdafactor(_GaLoreBase):
 
     @torch.no_grad()
     def step_param(self, p, group):
-        state = self.state[p]
-        projected = self.is_projected(p, group)
-        g = p.grad.float()
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.int64)
-        step = int(state["step"])
-        proj = stored_p = None
-        r = g
-        if projected:
-            proj, r, _, _, stored_p = self._project_grad(p, g, group, state, step)
+        state, r, proj, _, _, stored_p = self._begin(p, group)
         state["step"] += 1
         t = int(state["step"])
         rho = 1.0 - t ** group["decay_rate"]
@@ -316,8 +319,7 @@ class GaLoreAdafactor(_GaLoreBase):
             state["exp_avg"].mul_(group["beta1"]).add_(u, alpha=1 - group["beta1"])
             u = state["exp_avg"]
         self._update_weight(p, u, group, proj, stored_p)
-        if projected:
-            self._release_projector(p, proj, group)
+        self._release_projector(p, proj, group)
 
 
 def galore_param_groups(model: torch.nn.Module, rank: int, exclude=("embed", "head", "lm_head", "norm", "ln"),

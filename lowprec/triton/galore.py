@@ -4,8 +4,9 @@ Each program owns a BM × BN tile of W: it accumulates A[rows, :] @ B[:, cols] i
 registers over K and applies the update in the epilogue, so the full-rank update is never
 written to memory.  ``launch_update_q`` reads a microscaled operand directly: element
 codes (E2M1 packed two per byte, even index low; or one byte per code), block scale codes
-decoded through the format's table, divided by the tensor scale; blocks of BS along the
-operand's last dim.  One kernel serves both: ``QUANT`` says which operand, if any, is coded.
+decoded through the format's table, divided by the tensor scale (read from device memory,
+so a launch never waits on the GPU); blocks of BS along the operand's last dim.  One kernel
+serves both: ``QUANT`` says which operand, if any, is coded.
 """
 
 import torch
@@ -28,7 +29,7 @@ def _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, r, c, ok, LDC: tl
 
 
 @triton.jit
-def _update_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, M, N, K, coef, c_wd,
+def _update_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_ptr, ts_ptr, M, N, K, coef, c_wd,
                    LDC: tl.constexpr, LDS: tl.constexpr, PACKED: tl.constexpr, BS: tl.constexpr,
                    QUANT: tl.constexpr, TRANS_Q: tl.constexpr, OVERWRITE: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -40,24 +41,24 @@ def _update_kernel(w_ptr, a_ptr, b_ptr, codes_ptr, scodes_ptr, etab_ptr, stab_pt
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    inv_ts = 1.0
+    if QUANT != 0:
+        inv_ts = 1.0 / tl.load(ts_ptr)
     for k0 in range(0, K, BK):
         rk = k0 + tl.arange(0, BK)
         a_ok = (rm[:, None] < M) & (rk[None, :] < K)
         b_ok = (rk[:, None] < K) & (rn[None, :] < N)
-        if QUANT == 1 and TRANS_Q:
-            a = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rk[None, :], rm[:, None], a_ok,
-                        LDC, LDS, PACKED, BS)
-        elif QUANT == 1:
-            a = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rm[:, None], rk[None, :], a_ok,
-                        LDC, LDS, PACKED, BS)
+        # (row, col) of the stored matrix X for each operand element
+        if TRANS_Q:
+            a_r, a_c, b_r, b_c = rk[None, :], rm[:, None], rn[None, :], rk[:, None]
+        else:
+            a_r, a_c, b_r, b_c = rm[:, None], rk[None, :], rk[:, None], rn[None, :]
+        if QUANT == 1:
+            a = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, a_r, a_c, a_ok, LDC, LDS, PACKED, BS)
         else:
             a = tl.load(a_ptr + rm[:, None] * K + rk[None, :], mask=a_ok, other=0.0)
-        if QUANT == 2 and TRANS_Q:
-            b = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rn[None, :], rk[:, None], b_ok,
-                        LDC, LDS, PACKED, BS)
-        elif QUANT == 2:
-            b = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, rk[:, None], rn[None, :], b_ok,
-                        LDC, LDS, PACKED, BS)
+        if QUANT == 2:
+            b = _decode(codes_ptr, scodes_ptr, etab_ptr, stab_ptr, inv_ts, b_r, b_c, b_ok, LDC, LDS, PACKED, BS)
         else:
             b = tl.load(b_ptr + rk[:, None] * N + rn[None, :], mask=b_ok, other=0.0)
         acc += tl.dot(a, b, input_precision="ieee")
@@ -81,7 +82,7 @@ def launch_update(w, a, b, coef, c_wd):
     bm, bn, bk = _blocks(m, n, k)
     none = w.new_empty(0, dtype=torch.uint8)
     _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-        w, a, b, none, none, w, w, 1.0, m, n, k, float(coef), float(c_wd),
+        w, a, b, none, none, w, w, w, m, n, k, float(coef), float(c_wd),
         LDC=1, LDS=1, PACKED=False, BS=1, QUANT=0, TRANS_Q=False, OVERWRITE=False, BM=bm, BN=bn, BK=bk)
 
 
@@ -93,8 +94,8 @@ def _q_operand(q, device):
     scodes = q.scales.to(torch.uint8).contiguous()
     etab = fmt.element.table(device).float().contiguous()
     stab = fmt.scale.table(device).float().contiguous()
-    inv_ts = 1.0 / float(q.tensor_scale) if q.tensor_scale is not None else 1.0
-    return codes, scodes, etab, stab, inv_ts, dict(LDC=codes.shape[-1], LDS=scodes.shape[-1], PACKED=q.packed,
+    ts = (q.tensor_scale if q.tensor_scale is not None else torch.ones(())).float().reshape(1).to(device)
+    return codes, scodes, etab, stab, ts, dict(LDC=codes.shape[-1], LDS=scodes.shape[-1], PACKED=q.packed,
                                                    BS=fmt.block_size)
 
 
@@ -103,11 +104,11 @@ def launch_update_q(w, a_or_b, q, q_is_a: bool, coef, c_wd):
     its last dim) stands for A (``q_is_a``) or B, and ``a_or_b`` is the other, fp32 operand."""
     m, n = w.shape
     k = q.shape[1] if q_is_a else q.shape[0]
-    codes, scodes, etab, stab, inv_ts, qc = _q_operand(q, w.device)
+    codes, scodes, etab, stab, ts, qc = _q_operand(q, w.device)
     bm, bn, bk = _blocks(m, n, k)
     other = a_or_b.float().contiguous()
     _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-        w, other if not q_is_a else w, other if q_is_a else w, codes, scodes, etab, stab, inv_ts,
+        w, other if not q_is_a else w, other if q_is_a else w, codes, scodes, etab, stab, ts,
         m, n, k, float(coef), float(c_wd), QUANT=1 if q_is_a else 2, TRANS_Q=False, OVERWRITE=False,
         BM=bm, BN=bn, BK=bk, **qc)
 
@@ -117,7 +118,7 @@ def launch_project_q(g, q, side: str):
     left R = P^T G (P: m × r), right R = G P^T (P: r × n)."""
     g = g.float().contiguous()
     gm, gn = g.shape
-    codes, scodes, etab, stab, inv_ts, qc = _q_operand(q, g.device)
+    codes, scodes, etab, stab, ts, qc = _q_operand(q, g.device)
     if side == "left":
         m, n, k = q.shape[1], gn, gm
         quant, a, b = 1, g, g
@@ -129,6 +130,6 @@ def launch_project_q(g, q, side: str):
     out = torch.empty(m, n, dtype=torch.float32, device=g.device)
     bm, bn, bk = _blocks(m, n, k)
     _update_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-        out, a, b, codes, scodes, etab, stab, inv_ts, m, n, k, 1.0, 0.0, QUANT=quant, TRANS_Q=True,
+        out, a, b, codes, scodes, etab, stab, ts, m, n, k, 1.0, 0.0, QUANT=quant, TRANS_Q=True,
         OVERWRITE=True, BM=bm, BN=bn, BK=bk, **qc)
     return out

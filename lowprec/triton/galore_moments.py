@@ -6,6 +6,8 @@ byte each) and block-scale codes; each program takes ROWS blocks of BS along the
 and works on the even and the odd columns of each block as two half tiles, so that packed
 bytes are written whole.  PASS 0 writes each block's amax of M' and sqrt(V') (the host takes
 the max for the tensor scales); PASS 1 writes N and the stochastically rounded M', S'.
+The tensor scales come in as a device tensor [ts(M), ts(S), S_enc(M'), S_enc(S')], so no
+launch waits on the GPU for them.
 Every multiply and add rounds separately (launch with ``enable_fp_fusion=False``); division
 and square root are IEEE (div_rn, sqrt_rn).
 """
@@ -109,7 +111,7 @@ def _store_moment(x0, x1, blk, blk_ok, i, kb, t, j0, j1, cols, codes_ptr, scales
 
 @triton.jit
 def lowbit_moments_kernel(r_ptr, n_ptr, mc, ms, sc, ss, omc, oms, osc, oss, amax_ptr, etab, stab,
-                          cols, bpr, n_blocks, ts_m, ts_s, senc_m, senc_s, b1, b2, c1, c2, ibc1, ibc2, eps,
+                          cols, bpr, n_blocks, scal_ptr, b1, b2, c1, c2, ibc1, ibc2, eps,
                           seed, off_m, off_s,
                           LDC: tl.constexpr, LDS: tl.constexpr, BS: tl.constexpr, HALF: tl.constexpr,
                           ROWS: tl.constexpr, PACKED: tl.constexpr, PASS: tl.constexpr,
@@ -117,6 +119,11 @@ def lowbit_moments_kernel(r_ptr, n_ptr, mc, ms, sc, ss, omc, oms, osc, oss, amax
                           E_NAN: tl.constexpr, E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr,
                           S_MBITS: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr,
                           RULE: tl.constexpr, S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
+    # tensor scales of the stored M and S, then S_enc of M' and S' (1 without tensor scales)
+    ts_m = tl.load(scal_ptr)
+    ts_s = tl.load(scal_ptr + 1)
+    senc_m = tl.load(scal_ptr + 2)
+    senc_s = tl.load(scal_ptr + 3)
     blk = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     blk_ok = blk < n_blocks
     t = tl.arange(0, HALF)

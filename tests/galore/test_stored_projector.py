@@ -97,10 +97,12 @@ def test_triton_step_never_dequantizes_stored_state(monkeypatch):
     w.grad = torch.randn(40, 24)
     opt.step()                                                   # first step: refresh
     calls = []
-    real = lowprec.QuantizedTensor.dequantize
-    monkeypatch.setattr(lowprec.QuantizedTensor, "dequantize", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    real_resolve, real_dequantize = ops.resolve, lowprec.QuantizedTensor.dequantize
+    monkeypatch.setattr(ops, "resolve", lambda op, *a, **k: calls.append(op) or real_resolve(op, *a, **k))
+    monkeypatch.setattr(lowprec.QuantizedTensor, "dequantize",
+                        lambda self, *a, **k: calls.append("dequantize") or real_dequantize(self, *a, **k))
     for _ in range(2):
         w.grad = torch.randn(40, 24)
         opt.step()
-    assert not calls
+    assert calls and "dequantize" not in calls              # every kernel is found through ops.resolve
     assert opt._projectors[w].p is None                          # no fp32 P resident
