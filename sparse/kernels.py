@@ -59,7 +59,8 @@ def triton_step(w, g, m, v, mask, s: StepScalars):
     n = w.numel()
     masked_adam_kernel[(triton.cdiv(n, _TRITON_BLOCK),)](
         w, g.float().contiguous(), m, v, k, n, *_scalar_list(s),
-        MODE=s.mode, HAS_MASK=mask is not None, BLOCK=_TRITON_BLOCK)
+        MODE=s.mode, HAS_MASK=mask is not None, BLOCK=_TRITON_BLOCK,
+        enable_fp_fusion=False)                  # a*b + c must round twice, as in the reference
 
 
 def masked_adam_step(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,

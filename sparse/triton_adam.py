@@ -1,7 +1,8 @@
 """Fused masked-Adam step in Triton (AdamS / AST AdamW), bit-exact with sparse/reference.py.
 
 IEEE division and square root (div_rn, sqrt_rn), bias corrections as host reciprocals; each multiply and add rounds separately
-in the reference's order.
+in the reference's order (the launch passes ``enable_fp_fusion=False``, so a GPU build does
+not contract them into FMAs).
 """
 
 import triton
