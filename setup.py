@@ -54,4 +54,4 @@ def extensions():
                          extra_compile_args=cxx, extra_link_args=["-fopenmp"])]
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)})
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)})

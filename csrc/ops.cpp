@@ -4,15 +4,17 @@
 
 namespace lowprec {
 at::Tensor random_bytes_cpu(int64_t seed, int64_t offset, int64_t numel);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_blocks_cpu(
-    const at::Tensor& xb, const c10::optional<at::Tensor>& rand, const at::Tensor& scale_table,
-    c10::IntArrayRef iparams, c10::ArrayRef<double> fparams, double s_enc, int64_t rounding, int64_t seed,
-    int64_t offset, bool inline_rng);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_blocks_cpu(
-    const at::Tensor& xb, const c10::optional<at::Tensor>& rand, const at::Tensor& scale_table,
-    c10::IntArrayRef iparams, c10::ArrayRef<double> fparams, double s_enc, int64_t rounding, int64_t seed,
-    int64_t offset, bool inline_rng);
-at::Tensor dequantize_blocks_cpu(const at::Tensor& codes, const at::Tensor& s_eff, const at::Tensor& elem_table);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_panels_cpu(
+    const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams, c10::ArrayRef<double> fparams,
+    c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax, int64_t rounding, int64_t seed,
+    int64_t offset, bool pack);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fake_quantize_panels_cpu(
+    const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams, c10::ArrayRef<double> fparams,
+    c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax, int64_t rounding, int64_t seed,
+    int64_t offset, bool with_scales);
+at::Tensor dequantize_panels_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& scale_table,
+                                 const at::Tensor& elem_table, const c10::optional<at::Tensor>& tensor_scale,
+                                 c10::IntArrayRef geometry, bool packed);
 at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
 at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
@@ -45,11 +47,18 @@ at::Tensor random_bytes(int64_t seed, int64_t offset, int64_t numel, c10::Device
 
 TORCH_LIBRARY(lowprec, m) {
   m.def("random_bytes(int seed, int offset, int numel, Device device) -> Tensor");
+  // [n_blocks, block] kernels: CUDA only (the CPU backend uses the *_panels kernels below)
   m.def("quantize_blocks(Tensor xb, Tensor? rand, Tensor scale_table, int[] iparams, float[] fparams, "
         "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
   m.def("fake_quantize_blocks(Tensor xb, Tensor? rand, Tensor scale_table, int[] iparams, float[] fparams, "
         "float s_enc, int rounding, int seed, int offset, bool inline_rng) -> (Tensor, Tensor, Tensor)");
   m.def("dequantize_blocks(Tensor codes, Tensor s_eff, Tensor elem_table) -> Tensor");
+  m.def("quantize_panels(Tensor x, Tensor scale_table, int[] iparams, float[] fparams, int[] geometry, "
+        "Tensor? amax, int rounding, int seed, int offset, bool pack) -> (Tensor, Tensor, Tensor)");
+  m.def("fake_quantize_panels(Tensor x, Tensor scale_table, int[] iparams, float[] fparams, int[] geometry, "
+        "Tensor? amax, int rounding, int seed, int offset, bool with_scales) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("dequantize_panels(Tensor codes, Tensor scales, Tensor scale_table, Tensor elem_table, "
+        "Tensor? tensor_scale, int[] geometry, bool packed) -> Tensor");
   m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
   m.def("nm_mask(Tensor scores, int n, int m) -> Tensor");
   m.def("compress_24(Tensor w, Tensor mask) -> (Tensor, Tensor)");
@@ -69,9 +78,9 @@ TORCH_LIBRARY_IMPL(lowprec, CompositeExplicitAutograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
-  m.impl("quantize_blocks", &lowprec::quantize_blocks_cpu);
-  m.impl("fake_quantize_blocks", &lowprec::fake_quantize_blocks_cpu);
-  m.impl("dequantize_blocks", &lowprec::dequantize_blocks_cpu);
+  m.impl("quantize_panels", &lowprec::quantize_panels_cpu);
+  m.impl("fake_quantize_panels", &lowprec::fake_quantize_panels_cpu);
+  m.impl("dequantize_panels", &lowprec::dequantize_panels_cpu);
   m.impl("hadamard_rows", &lowprec::hadamard_rows_cpu);
   m.impl("nm_mask", &lowprec::nm_mask_cpu);
   m.impl("compress_24", &lowprec::compress_24_cpu);

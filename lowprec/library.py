@@ -35,7 +35,8 @@ def fake_quantize_op(x: torch.Tensor, fmt_json: str, rounding: str, rng: torch.T
     fmt = format_from_json(fmt_json)
     seed, offset = (int(v) for v in rng.tolist())
     fn = ops.resolve("fake_quantize", backend, x.device)
-    x_hat, s_eff, amax = fn(x, fmt, rounding=rounding, seed=seed, offset=offset + extra_offset)
+    x_hat, s_eff, amax = fn(x, fmt, rounding=rounding, seed=seed, offset=offset + extra_offset,
+                            with_scales=estimator != "ste")
     factor = grad_factor(estimator, x, x_hat, s_eff, amax, fmt.element.max)
     return x_hat, factor
 

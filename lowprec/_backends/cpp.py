@@ -9,7 +9,14 @@ except ImportError as e:
 from . import fakes  # noqa: E402,F401  (fake implementations for torch.compile / opcheck)
 from .extension_ops import register_block_ops  # noqa: E402
 
-register_block_ops("cpp", "cpu")
+register_block_ops("cpp", "cpu", block_kernels=False)
+
+from . import panels  # noqa: E402
+from .. import ops as _ops_  # noqa: E402
+
+_ops_.register("quantize", "cpp")(panels.quantize)
+_ops_.register("fake_quantize", "cpp")(panels.fake_quantize)
+_ops_.register("dequantize", "cpp")(panels.dequantize)
 
 
 def _cpp_chunks(chunks, n, signs, inverse):

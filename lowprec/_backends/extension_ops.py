@@ -10,7 +10,9 @@ from ..tensor import QuantizedTensor
 from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, int64_bits, scale_table
 
 
-def register_block_ops(backend: str, device_type: str) -> None:
+def register_block_ops(backend: str, device_type: str, block_kernels: bool = True) -> None:
+    """random_bytes, and (``block_kernels``) quantize / fake_quantize / dequantize through the
+    [n_blocks, block] kernels of lowprec._C."""
     def require(t: torch.Tensor) -> None:
         if t.device.type != device_type:
             raise ops.BackendUnavailable(f"backend {backend!r} runs on {device_type} tensors, not {t.device}")
@@ -38,9 +40,11 @@ def register_block_ops(backend: str, device_type: str) -> None:
         return p.quantized_tensor(codes, scales)
 
     def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
-                                  amax_tensor: Optional[torch.Tensor] = None):
+                                  amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
         p = prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor)
         xhat, s_eff, amax = torch.ops.lowprec.fake_quantize_blocks(*kernel_args(p))
+        if not with_scales:
+            return p.to_x_shape(xhat), None, None
         return p.to_x_shape(xhat), p.per_block(s_eff), p.per_block(amax)
 
     def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
@@ -48,6 +52,8 @@ def register_block_ops(backend: str, device_type: str) -> None:
         return dequantize_with(q, torch.ops.lowprec.dequantize_blocks, dtype)
 
     ops.register("random_bytes", backend)(random_bytes)
+    if not block_kernels:
+        return
     ops.register("quantize", backend)(quantize)
     ops.register("fake_quantize", backend)(fake_quantize_with_scales)
     ops.register("dequantize", backend)(dequantize)

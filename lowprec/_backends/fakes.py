@@ -19,6 +19,38 @@ torch.library.register_fake("lowprec::quantize_blocks")(_fake_blocks)
 torch.library.register_fake("lowprec::fake_quantize_blocks")(_fake_fake_blocks)
 torch.library.register_fake("lowprec::dequantize_blocks")(
     lambda codes, s_eff, table: codes.new_empty(codes.shape, dtype=torch.float32))
+def _panel_shapes(x, iparams, geometry):
+    """Stored code and scale-grid shapes of the panel kernels (csrc/cpu/panels.h)."""
+    bt, m, n = x.shape
+    mode, bs = geometry
+    bm, gw = (1 if mode == 0 else bs), (1 if mode == 1 else bs)
+    mp, np_ = -(-m // bm) * bm, -(-n // gw) * gw
+    if mode == 1:
+        return (bt * n, mp), (bt * n, mp // bm)
+    rows = bt * m if mode == 0 else bt * mp
+    return (rows, np_), ((bt * m, np_ // gw) if mode == 0 else (bt * (mp // bm), np_ // gw))
+
+
+@torch.library.register_fake("lowprec::quantize_panels")
+def _fake_quantize_panels(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, pack):
+    codes, grid = _panel_shapes(x, iparams, geometry)
+    if pack:
+        codes = (codes[0], codes[1] // 2)
+    scale_dtype = torch.float32 if iparams[5] == 2 else torch.uint8
+    return (x.new_empty(codes, dtype=torch.uint8), x.new_empty(grid, dtype=scale_dtype),
+            x.new_empty((), dtype=torch.float32))
+
+
+@torch.library.register_fake("lowprec::fake_quantize_panels")
+def _fake_fake_quantize_panels(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, with_scales):
+    per_element = x.shape if with_scales else (0,)
+    return (x.new_empty(x.shape, dtype=torch.float32), x.new_empty(per_element, dtype=torch.float32),
+            x.new_empty(per_element, dtype=torch.float32), x.new_empty((), dtype=torch.float32))
+
+
+torch.library.register_fake("lowprec::dequantize_panels")(
+    lambda codes, scales, scale_table, elem_table, tensor_scale, geometry, packed:
+    codes.new_empty(tuple(geometry[:3]), dtype=torch.float32))
 torch.library.register_fake("lowprec::random_bytes")(
     lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))
 torch.library.register_fake("lowprec::hadamard_rows")(lambda x, n, signs, inverse: torch.empty_like(x))

@@ -68,9 +68,11 @@ def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=Fal
 
 @ops.register("fake_quantize", "triton")
 def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
-                              amax_tensor: Optional[torch.Tensor] = None):
+                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
     p = _prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor)
     _, _, xhat, s_eff, amax = _run(p, False, True)
+    if not with_scales:
+        return p.to_x_shape(xhat), None, None
     return p.to_x_shape(xhat), p.per_block(s_eff), p.per_block(amax)
 
 

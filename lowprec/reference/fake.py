@@ -23,8 +23,9 @@ F32 = torch.float32
 def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str = "nearest",
                               seed: Optional[int] = None, offset: int = 0,
                               nan_policy: str = "propagate",
-                              amax_tensor: Optional[torch.Tensor] = None):
-    """(x_hat in fp32, effective scale per element in fp32, block amax per element), all in x's shape."""
+                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
+    """(x_hat in fp32, effective scale per element in fp32, block amax per element), all in x's
+    shape; the last two are None when ``with_scales`` is False (every backend honours this)."""
     fmt = get_format(fmt)
     layout, _, _, s_eff, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, False, nan_policy,
                                                         amax_tensor)
@@ -36,6 +37,8 @@ def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str =
 
     def back(t):
         return from_stored(from_blocks(t, layout), layout)
+    if not with_scales:
+        return back(xh), None, None
     amax = xb_abs.amax(dim=-1, keepdim=True)
     return back(xh), back(s.expand_as(xb_abs)), back(amax.expand_as(xb_abs))
 
@@ -43,5 +46,5 @@ def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str =
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None,
                   offset: int = 0, nan_policy: str = "propagate") -> torch.Tensor:
     """dequantize(quantize(x)) in x's dtype, computed on values."""
-    xh, _, _ = fake_quantize_with_scales(x, fmt, rounding, seed, offset, nan_policy)
+    xh, _, _ = fake_quantize_with_scales(x, fmt, rounding, seed, offset, nan_policy, with_scales=False)
     return xh.to(x.dtype)

@@ -121,14 +121,19 @@ def test_opcheck_cpp_ops():
     if "cpp" not in FAST_CPU:
         pytest.skip("lowprec._C is not built")
     from lowprec._backends.blocked import format_params
-    x = data((8, 32), 1)
-    for fmt in (F.NVFP4, F.MXFP4, F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax")):
+    x = data((2, 24, 32), 1)
+    for fmt in (F.NVFP4, F.MXFP4, F.MXFP8, F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax")):
         ints, floats = format_params(fmt)
         table = fmt.scale.table() if fmt.scale.kind != "fp32" else torch.zeros(1)
-        for rand, inline in ((None, True), (torch.randint(0, 256, (8, 32), dtype=torch.uint8), False)):
-            args = (x, rand, table, ints, floats, 3.0, 1, 5, 7, inline)
-            torch.library.opcheck(torch.ops.lowprec.quantize_blocks.default, args)
-            torch.library.opcheck(torch.ops.lowprec.fake_quantize_blocks.default, args)
-    codes = torch.randint(0, 16, (8, 32), dtype=torch.uint8)
-    torch.library.opcheck(torch.ops.lowprec.dequantize_blocks.default, (codes, torch.rand(8), F.E2M1.table()))
+        packed = fmt.element.bits == 4
+        for mode, bs in ((0, 16), (1, 8), (2, 8)):
+            for amax in (None, torch.tensor(3.0)):
+                args = (x, table, ints, floats, [mode, bs], amax, 1, 5, 7)
+                torch.library.opcheck(torch.ops.lowprec.quantize_panels.default, args + (packed,))
+                torch.library.opcheck(torch.ops.lowprec.fake_quantize_panels.default, args + (True,))
+                torch.library.opcheck(torch.ops.lowprec.fake_quantize_panels.default, args + (False,))
+            if mode != 1:
+                codes, scales, s_enc = torch.ops.lowprec.quantize_panels(*args, packed)
+                deq = (codes, scales, table, fmt.element.table(), s_enc, [2, 24, 32, mode, bs], packed)
+                torch.library.opcheck(torch.ops.lowprec.dequantize_panels.default, deq)
     torch.library.opcheck(torch.ops.lowprec.random_bytes.default, (1, 2, 100, torch.device("cpu")))

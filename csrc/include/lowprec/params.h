@@ -15,6 +15,9 @@ inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> 
   f.elem_emax = int(ip[4]);
   f.scale_kind = int(ip[5]);
   f.scale = Minifloat{int(ip[6]), int(ip[7]), int(ip[8]), float(fp[1]), int(ip[9])};
+  // the largest scale of the non-minifloat kinds (ScaleFormat.max), which tensor_encode_scale reads
+  if (f.scale_kind == kE8M0) f.scale.max = exp2i(127);
+  if (f.scale_kind == kFp32Scale) f.scale.max = 3.4028234663852886e38f;
   f.rule = int(ip[10]);
   f.scale_rounding = int(ip[11]);
   f.tensor_scale = int(ip[12]);

@@ -1,0 +1,383 @@
+// Fused CPU quantizers: x (fp32 or bf16, [Bt, M, N]) -> block amax -> scale -> element codes
+// (quantize_panels, packed for 4-bit formats) or dequantized values (fake_quantize_panels), in
+// one pass per panel, 16 lanes at a time (csrc/cpu/element_simd.h), with the stochastic bits
+// drawn inline from Philox at x's flat index and the tensor scale computed in the kernel.
+// Bit-exact with lowprec/reference; panels.h describes the three block geometries.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <utility>
+#include <vector>
+
+#include "element_simd.h"
+#include "lowprec/formats.h"
+#include "lowprec/params.h"
+#include "panels.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "Philox bytes are copied as little-endian words");
+
+namespace lowprec {
+
+namespace {
+
+using namespace simd;
+
+struct QuantJob {
+  PanelGeometry g;
+  BlockFormat fmt;
+  ElementCoder coder;
+  float s_enc;
+  int rounding;
+  uint64_t seed, offset;
+  bool inverse_multiply;   // scales are powers of two: x * (1 / s) == x / s exactly
+  const float* scale_table;
+  const float* x32;
+  const uint16_t* x16;     // bf16 input, or null
+  // quantize outputs
+  uint8_t* codes;
+  bool packed;
+  uint8_t* scale_codes;
+  float* scale_fp32;
+  // fake-quantize outputs
+  float* x_hat;
+  float* s_eff_out;
+  float* amax_out;
+};
+
+struct Scratch {
+  std::vector<float> x, s, inv_s, amax, out;
+  std::vector<int32_t> colmax;
+  std::vector<const float*> rows;
+  std::vector<uint8_t> codes, rand;
+  explicit Scratch(const PanelGeometry& g)
+      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), rows(g.bm), codes(g.bm * g.ld),
+        rand(g.ld + 32) {}
+};
+
+// Philox bytes of flat indices [base, base + n): byte i % 16 of randint4x(seed, offset + i / 16).
+LOWPREC_INLINE const uint8_t* philox_row(const QuantJob& j, int64_t base, int64_t n, uint8_t* tmp) {
+  const int64_t c0 = base / 16, c1 = (base + n - 1) / 16;
+  for (int64_t c = c0; c <= c1; ++c) {
+    const Uint4x32 r = randint4x(j.seed, j.offset + static_cast<uint64_t>(c));
+    memcpy(tmp + (c - c0) * 16, r.w, 16);
+  }
+  return tmp + (base - c0 * 16);
+}
+
+// Row pointers of the panel: straight into x where a row segment is whole fp32 data, else
+// into the scratch, converted from bf16 and zero-padded to the scratch row length.
+LOWPREC_INLINE void load_panel(const QuantJob& j, Scratch& sc, int64_t b, int64_t m0, int64_t n0, int64_t rows,
+                               int64_t cols) {
+  const PanelGeometry& g = j.g;
+  for (int64_t i = 0; i < g.bm; ++i) {
+    float* dst = sc.x.data() + i * g.ld;
+    sc.rows[i] = dst;
+    int64_t k = 0;
+    if (i < rows) {
+      const int64_t src = (b * g.M + m0 + i) * g.N + n0;
+      if (j.x16) {
+        for (; k < cols; ++k) dst[k] = bits_to_float(static_cast<uint32_t>(j.x16[src + k]) << 16);
+      } else if (cols == g.ld) {
+        sc.rows[i] = j.x32 + src;
+        continue;
+      } else {
+        memcpy(dst, j.x32 + src, cols * sizeof(float));
+        k = cols;
+      }
+    }
+    for (; k < g.ld; ++k) dst[k] = 0.0f;
+  }
+}
+
+// Effective scale of a block (the divisor of its elements) from its amax; writes its stored scale.
+inline float block_scale(const QuantJob& j, float amax, int64_t scale_index) {
+  if (j.fmt.scale_kind == kFp32Scale) {
+    const float dec = (amax / j.fmt.elem.max) * j.s_enc;
+    if (j.scale_fp32) j.scale_fp32[scale_index] = dec;
+    return dec / j.s_enc;
+  }
+  const uint32_t code = scale_code(amax, j.fmt, j.s_enc);
+  if (j.scale_codes) j.scale_codes[scale_index] = static_cast<uint8_t>(code);
+  return j.scale_table[code] / j.s_enc;
+}
+
+// Where the panel's first column group stores its scale, and the step to the next group.
+inline std::pair<int64_t, int64_t> scale_slots(const PanelGeometry& g, int64_t b, int64_t pm, int64_t m0,
+                                               int64_t n0) {
+  if (g.mode == kRows) return {(b * g.M + m0) * g.groups + n0 / g.gw, 1};
+  if (g.mode == kCols) return {(b * g.N + n0) * g.panels + pm, g.panels};
+  return {(b * g.panels + pm) * g.groups + n0 / g.gw, 1};
+}
+
+// Column amaxes over the panel's rows, then one scale per column group, spread over its columns.
+LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int64_t pm, int64_t m0, int64_t n0,
+                         int64_t width) {
+  const PanelGeometry& g = j.g;
+  int32_t* colmax = sc.colmax.data();   // |x| bit patterns
+  for (int64_t k = 0; k < g.ld; k += W) {
+    vi m = splat_i(0);
+    for (int64_t i = 0; i < g.bm; ++i) m = max_i(m, abs_bits(load(sc.rows[i] + k)));
+    memcpy(colmax + k, &m, sizeof m);
+  }
+  const int64_t n_groups = width / g.gw;
+  const auto slot = scale_slots(g, b, pm, m0, n0);
+  for (int64_t q = 0; q < n_groups; ++q) {
+    const int32_t* cm = colmax + q * g.gw;
+    int32_t amax_bits = 0;
+    if (g.gw % W == 0) {
+      vi m = splat_i(0);
+      for (int64_t k = 0; k < g.gw; k += W) {
+        vi c;
+        memcpy(&c, cm + k, sizeof c);
+        m = max_i(m, c);
+      }
+      amax_bits = hmax_i(m);
+    } else {
+      for (int64_t k = 0; k < g.gw; ++k) amax_bits = cm[k] > amax_bits ? cm[k] : amax_bits;
+    }
+    const float amax = bits_to_float(static_cast<uint32_t>(amax_bits));
+    const float s = block_scale(j, amax, slot.first + q * slot.second);
+    const float inv = j.inverse_multiply ? 1.0f / s : 1.0f;
+    int64_t k = q * g.gw;
+    for (; k + W <= (q + 1) * g.gw; k += W) {
+      store(sc.s.data() + k, splat(s));
+      store(sc.inv_s.data() + k, splat(inv));
+      store(sc.amax.data() + k, splat(amax));
+    }
+    for (; k < (q + 1) * g.gw; ++k) {
+      sc.s[k] = s;
+      sc.inv_s[k] = inv;
+      sc.amax[k] = amax;
+    }
+  }
+  for (int64_t k = width; k < g.ld; ++k) {
+    sc.s[k] = 1.0f;
+    sc.inv_s[k] = 1.0f;
+    sc.amax[k] = 0.0f;
+  }
+}
+
+// Row i of the panel through the element coder: x_hat into out_row (fake), or codes straight
+// into the stored row (rows and tiles: the first `width` codes of dst, packed or not), or
+// into the scratch (cols, transposed afterwards by emit_codes).
+template <int Mode, bool Fake>
+LOWPREC_INLINE void code_row(const QuantJob& j, Scratch& sc, int64_t i, const uint8_t* rand, float* out_row,
+                             uint8_t* dst, int64_t width) {
+  // locals, not fields of j: the byte stores below may alias j, which would force reloads
+  const int64_t ld = j.g.ld;
+  const ElementCoder coder = j.coder;
+  const bool inverse = j.inverse_multiply, packed = j.packed;
+  const float* xr = sc.rows[i];
+  const float* sv = sc.s.data();
+  const float* iv = sc.inv_s.data();
+  uint8_t* cb = sc.codes.data() + i * ld;
+  for (int64_t k = 0; k < ld; k += W) {
+    const vf x = load(xr + k);
+    const vf s = load(sv + k);
+    vf xs = inverse ? x * load(iv + k) : x / s;
+    xs = (s == 0.0f) ? splat(0.0f) : xs;
+    const vi r = Mode == kStochastic ? load_bytes(rand + k) : splat_i(0);
+    vf v;
+    const vi code = encode<Mode>(xs, coder, r, Fake ? &v : nullptr);
+    if constexpr (Fake) {
+      store(out_row + k, v * s);
+    } else if (!dst) {
+      store_bytes(cb + k, code);
+    } else if (packed) {
+      const uint64_t p = pack_nibbles(code);
+      if (k + W <= width) memcpy(dst + k / 2, &p, 8); else if (k < width) memcpy(dst + k / 2, &p, (width - k) / 2);
+    } else {
+      uint8_t b[W];
+      store_bytes(b, code);
+      if (k + W <= width) memcpy(dst + k, b, W); else if (k < width) memcpy(dst + k, b, width - k);
+    }
+  }
+}
+
+// Codes of a cols-mode panel (all bm rows, padding included), transposed into the stored array.
+LOWPREC_INLINE void emit_codes(const QuantJob& j, const Scratch& sc, int64_t b, int64_t m0, int64_t n0, int64_t cols) {
+  const PanelGeometry& g = j.g;
+  const int64_t scols = g.stored_cols(), ldc = j.packed ? scols / 2 : scols;
+  const uint8_t* cb = sc.codes.data();
+  for (int64_t k = 0; k < cols; ++k) {   // stored row = column n, stored column = m
+    uint8_t* out = j.codes + (b * g.N + n0 + k) * ldc;
+    if (j.packed) {
+      for (int64_t i = 0; i < g.bm; i += 2)
+        out[(m0 + i) / 2] = static_cast<uint8_t>(cb[i * g.ld + k] | (cb[(i + 1) * g.ld + k] << 4));
+    } else {
+      for (int64_t i = 0; i < g.bm; ++i) out[m0 + i] = cb[i * g.ld + k];
+    }
+  }
+}
+
+template <int Mode, bool Fake>
+LOWPREC_INLINE void run_item_as(const QuantJob& j, Scratch& sc, int64_t item) {
+  const PanelGeometry& g = j.g;
+  const int64_t c = item % g.chunks, pm = (item / g.chunks) % g.panels, b = item / (g.chunks * g.panels);
+  const int64_t m0 = pm * g.bm, n0 = c * g.cw;
+  const int64_t rows = std::min(g.bm, g.M - m0), cols = std::min(g.cw, g.N - n0);
+  const int64_t width = std::min(g.cw, g.padded_N() - n0);   // columns of whole groups
+  load_panel(j, sc, b, m0, n0, rows, cols);
+  panel_scales(j, sc, b, pm, m0, n0, width);
+  const int64_t stored_rows = Fake ? rows : g.bm;   // padding rows are stored (cols, tiles)
+  for (int64_t i = 0; i < stored_rows; ++i) {
+    const uint8_t* rand = nullptr;
+    if (Mode == kStochastic) {
+      if (i < rows) {
+        rand = philox_row(j, (b * g.M + m0 + i) * g.N + n0, g.ld, sc.rand.data());
+      } else {   // zero padding rounds to 0 whatever the bits
+        std::fill(sc.rand.begin(), sc.rand.end(), 0);
+        rand = sc.rand.data();
+      }
+    }
+    uint8_t* dst = nullptr;
+    if (!Fake && g.mode != kCols) {
+      const int64_t srow = b * (g.mode == kRows ? g.M : g.padded_M()) + m0 + i;
+      dst = j.codes + srow * (j.packed ? g.stored_cols() / 2 : g.stored_cols()) + (j.packed ? n0 / 2 : n0);
+    }
+    code_row<Mode, Fake>(j, sc, i, rand, sc.out.data(), dst, width);
+    if constexpr (Fake) {
+      const int64_t o = (b * g.M + m0 + i) * g.N + n0;
+      memcpy(j.x_hat + o, sc.out.data(), cols * sizeof(float));
+      if (j.s_eff_out) {
+        memcpy(j.s_eff_out + o, sc.s.data(), cols * sizeof(float));
+        memcpy(j.amax_out + o, sc.amax.data(), cols * sizeof(float));
+      }
+    }
+  }
+  if (!Fake && g.mode == kCols) emit_codes(j, sc, b, m0, n0, cols);
+}
+
+// One work item (panel, column chunk); compiled per ISA level, the best picked at load time.
+LOWPREC_ISA_CLONES void run_item(const QuantJob& j, Scratch& sc, int64_t item, bool fake) {
+  switch (j.rounding * 2 + (fake ? 1 : 0)) {
+    case kNearest * 2: run_item_as<kNearest, false>(j, sc, item); break;
+    case kNearest * 2 + 1: run_item_as<kNearest, true>(j, sc, item); break;
+    case kStochastic * 2: run_item_as<kStochastic, false>(j, sc, item); break;
+    case kStochastic * 2 + 1: run_item_as<kStochastic, true>(j, sc, item); break;
+    case kZero * 2: run_item_as<kZero, false>(j, sc, item); break;
+    default: run_item_as<kZero, true>(j, sc, item); break;
+  }
+}
+
+// max |x[i]| bit pattern over [0, n) (NaN above every number).
+LOWPREC_ISA_CLONES int32_t max_abs_bits(const float* p32, const uint16_t* p16, int64_t n) {
+  vi m = splat_i(0);
+  int64_t i = 0;
+  if (p32) {
+    for (; i + W <= n; i += W) m = max_i(m, abs_bits(load(p32 + i)));
+  }
+  int32_t r = hmax_i(m);
+  for (; i < n; ++i) {
+    const uint32_t b = p32 ? float_to_bits(p32[i]) : static_cast<uint32_t>(p16[i]) << 16;
+    const int32_t a = static_cast<int32_t>(b & 0x7FFFFFFFu);
+    r = a > r ? a : r;
+  }
+  return r;
+}
+
+// max |x| over the whole tensor, NaN if any element is NaN (as torch.amax).
+float tensor_amax(const at::Tensor& x) {
+  const float* p32 = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr;
+  const uint16_t* p16 = p32 ? nullptr : reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const int32_t bits = at::parallel_reduce(
+      0, x.numel(), 1 << 16, int32_t{0},
+      [&](int64_t begin, int64_t end, int32_t acc) {
+        const int32_t r = max_abs_bits(p32 ? p32 + begin : nullptr, p16 ? p16 + begin : nullptr, end - begin);
+        return r > acc ? r : acc;
+      },
+      [](int32_t a, int32_t b) { return a > b ? a : b; });
+  return bits_to_float(static_cast<uint32_t>(bits));
+}
+
+QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams,
+                  c10::ArrayRef<double> fparams, c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax,
+                  int64_t rounding, int64_t seed, int64_t offset, at::Tensor& s_enc_out) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "lowprec panel kernels take a contiguous fp32 or bf16 CPU tensor [Bt, M, N]");
+  TORCH_CHECK(geometry.size() == 2 && geometry[0] >= kRows && geometry[0] <= kTiles && geometry[1] >= 2 &&
+                  geometry[1] <= 128 && geometry[1] % 2 == 0,
+              "lowprec panel kernels: geometry is [mode (0 rows, 1 cols, 2 tiles), even block size <= 128]");
+  TORCH_CHECK(rounding == kNearest || rounding == kStochastic || rounding == kZero,
+              "lowprec panel kernels: rounding must be nearest (0), stochastic (1) or zero (2)");
+  QuantJob j{PanelGeometry(x.size(0), x.size(1), x.size(2), int(geometry[0]), int(geometry[1])),
+             block_format_from(iparams, fparams), ElementCoder(Minifloat{}), 1.0f, int(rounding),
+             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), false, nullptr, nullptr, nullptr,
+             nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr};
+  j.coder = ElementCoder(j.fmt.elem);
+  TORCH_CHECK(j.fmt.elem.bias <= 126 && j.fmt.elem.mbits <= 20, "lowprec panel kernels: unsupported element format");
+  if (j.fmt.tensor_scale) {
+    float a;
+    if (amax.has_value() && amax->defined()) {
+      TORCH_CHECK(amax->numel() == 1, "lowprec: amax must be one value");
+      a = amax->to(at::kFloat).item<float>();
+    } else {
+      a = x.numel() ? tensor_amax(x) : 0.0f;
+    }
+    j.s_enc = tensor_encode_scale(a, j.fmt);
+  }
+  s_enc_out = at::full({}, j.s_enc, x.options().dtype(at::kFloat));
+  j.inverse_multiply = j.fmt.scale_kind == kE8M0 && !j.fmt.tensor_scale;
+  j.scale_table = j.fmt.scale_kind == kFp32Scale ? nullptr : scale_table.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat) {
+    j.x32 = x.data_ptr<float>();
+  } else {
+    j.x16 = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  }
+  return j;
+}
+
+void run(const QuantJob& j, bool fake) {
+  at::parallel_for(0, j.g.items(), 1, [&](int64_t begin, int64_t end) {
+    Scratch sc(j.g);
+    for (int64_t it = begin; it < end; ++it) run_item(j, sc, it, fake);
+  });
+}
+
+}  // namespace
+
+// -> (codes uint8 [stored rows, stored cols (/ 2 when packed)], scales [scale rows, scale cols]
+//     (uint8 codes, fp32 for fp32 scales), s_enc fp32 [])
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_panels_cpu(
+    const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams, c10::ArrayRef<double> fparams,
+    c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax, int64_t rounding, int64_t seed,
+    int64_t offset, bool pack) {
+  at::Tensor s_enc;
+  QuantJob j = make_job(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, s_enc);
+  const PanelGeometry& g = j.g;
+  TORCH_CHECK(!pack || j.fmt.elem.ebits + j.fmt.elem.mbits + 1 <= 4, "lowprec: only 4-bit codes are packed");
+  j.packed = pack;
+  auto codes = at::empty({g.stored_rows(), pack ? g.stored_cols() / 2 : g.stored_cols()},
+                         x.options().dtype(at::kByte));
+  const bool fp32_scales = j.fmt.scale_kind == kFp32Scale;
+  auto scales = at::empty({g.scale_rows(), g.scale_cols()}, x.options().dtype(fp32_scales ? at::kFloat : at::kByte));
+  j.codes = codes.data_ptr<uint8_t>();
+  if (fp32_scales) j.scale_fp32 = scales.data_ptr<float>(); else j.scale_codes = scales.data_ptr<uint8_t>();
+  run(j, false);
+  return {codes, scales, s_enc};
+}
+
+// -> (x_hat fp32 [Bt, M, N], s_eff and amax per element fp32 [Bt, M, N] (empty unless
+//     with_scales), s_enc fp32 [])
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fake_quantize_panels_cpu(
+    const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams, c10::ArrayRef<double> fparams,
+    c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax, int64_t rounding, int64_t seed,
+    int64_t offset, bool with_scales) {
+  at::Tensor s_enc;
+  QuantJob j = make_job(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, s_enc);
+  const auto f32 = x.options().dtype(at::kFloat);
+  auto x_hat = at::empty(x.sizes(), f32);
+  auto s_eff = with_scales ? at::empty(x.sizes(), f32) : at::empty({0}, f32);
+  auto amax_out = with_scales ? at::empty(x.sizes(), f32) : at::empty({0}, f32);
+  j.x_hat = x_hat.data_ptr<float>();
+  if (with_scales) {
+    j.s_eff_out = s_eff.data_ptr<float>();
+    j.amax_out = amax_out.data_ptr<float>();
+  }
+  run(j, true);
+  return {x_hat, s_eff, amax_out, s_enc};
+}
+
+}  // namespace lowprec

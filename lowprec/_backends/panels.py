@@ -1,0 +1,107 @@
+"""The 'cpp' backend's quantize / fake_quantize / dequantize: x goes to the fused C++ panel
+kernels (csrc/cpu/quantize_panels.cpp, dequantize_panels.cpp) as a [Bt, M, N] view with no
+copy, blocked along N (rows), along M (cols) or in tiles, so there is no Python-side
+permutation, padding, Philox draw, amax or nibble packing."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ..formats import QuantFormat, get_format
+from ..reference.blocking import make_layout
+from ..reference.quantize import check_input
+from ..tensor import QuantizedTensor
+from .blocked import ROUNDING_IDS, format_params, int64_bits, scale_table
+
+ROWS, COLS, TILES = 0, 1, 2
+
+
+def panel_view(shape, fmt: QuantFormat, axis: int):
+    """(Bt, M, N, mode) of a tensor of ``shape`` blocked by ``fmt`` along ``axis``."""
+    if fmt.block_2d:
+        return math.prod(shape[:-2]), shape[-2], shape[-1], TILES
+    if axis == len(shape) - 1:
+        return 1, math.prod(shape[:-1]), shape[-1], ROWS
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]), COLS
+
+
+def _kernel_input(x: torch.Tensor, view) -> torch.Tensor:
+    if x.device.type != "cpu":
+        raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.to(torch.float32)
+    return x.contiguous().view(view[0], view[1], view[2])
+
+
+def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor):
+    fmt = get_format(fmt)
+    check_input(x, rounding, seed, nan_policy)
+    ints, floats = format_params(fmt)
+    amax = amax_tensor.reshape(()).to(torch.float32) if (fmt.tensor_scale and amax_tensor is not None) else None
+    return fmt, (scale_table(fmt, "cpu"), ints, floats), amax, (ROUNDING_IDS[rounding], int64_bits(seed or 0),
+                                                                int64_bits(offset))
+
+
+def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
+             strict: bool = False, nan_policy: str = "propagate",
+             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
+    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor)
+    layout = make_layout(x.shape, fmt, strict)
+    view = panel_view(x.shape, fmt, layout.axis)
+    xk = _kernel_input(x, view)
+    packed = fmt.element.bits == 4
+    codes, scales, s_enc = torch.ops.lowprec.quantize_panels(xk, *fmt_args, [view[3], fmt.block_size], amax, *rng,
+                                                              packed)
+    stored = list(layout.stored)
+    if packed:
+        stored[-1] //= 2
+    grid = _scale_grid(layout, fmt)
+    return QuantizedTensor(codes.view(stored), scales.view(grid), s_enc if fmt.tensor_scale else None, fmt,
+                           x.shape, x.dtype, layout.axis)
+
+
+def _scale_grid(layout, fmt: QuantFormat):
+    bs = fmt.block_size
+    if fmt.block_2d:
+        return (*layout.stored[:-2], layout.stored[-2] // bs, layout.stored[-1] // bs)
+    return (*layout.stored[:-1], layout.stored[-1] // bs)
+
+
+def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
+                  nan_policy: str = "propagate", amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
+    """(x_hat fp32, s_eff per element, amax per element) in x's shape; the last two are None
+    when ``with_scales`` is False (the straight-through estimator does not read them)."""
+    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor)
+    layout = make_layout(x.shape, fmt)
+    view = panel_view(x.shape, fmt, layout.axis)
+    x_hat, s_eff, amax_e, _ = torch.ops.lowprec.fake_quantize_panels(
+        _kernel_input(x, view), *fmt_args, [view[3], fmt.block_size], amax, *rng, with_scales)
+    if not with_scales:
+        return x_hat.view(x.shape), None, None
+    return x_hat.view(x.shape), s_eff.view(x.shape), amax_e.view(x.shape)
+
+
+def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
+    if q.codes.device.type != "cpu":
+        raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {q.codes.device}")
+    fmt = q.fmt
+    layout = make_layout(q.shape, fmt)
+    bt, m, n, mode = panel_view(q.shape, fmt, layout.axis)
+    if mode == COLS:   # stored as [Bt, N, Mp]: row blocks of the transposed problem
+        bt, m, n, mode = bt, n, m, ROWS
+        bt, m = 1, bt * m
+    elif mode == ROWS:
+        bt, m = 1, bt * m
+    tables = (scale_table(fmt, "cpu"), fmt.element.table("cpu"))
+    out = torch.ops.lowprec.dequantize_panels(q.codes.contiguous(), q.scales.contiguous(), *tables, q.tensor_scale,
+                                              [bt, m, n, mode, fmt.block_size], q.packed)
+    if layout.axis != len(q.shape) - 1 and not fmt.block_2d:
+        lead = q.shape[:layout.axis] + q.shape[layout.axis + 1:]
+        out = out.view(*lead, q.shape[layout.axis]).movedim(-1, layout.axis)
+    else:
+        out = out.view(q.shape)
+    return out.to(dtype or q.dtype)
