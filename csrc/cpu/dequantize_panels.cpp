@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "large_empty.h"
 #include "panels.h"
 #include "simd.h"
 
@@ -99,7 +100,7 @@ at::Tensor dequantize_panels_cpu(const at::Tensor& codes, const at::Tensor& scal
   }
   j.has_tensor_scale = tensor_scale.has_value() && tensor_scale->defined();
   if (j.has_tensor_scale) j.tensor_scale = tensor_scale->to(at::kFloat).item<float>();
-  auto out = at::empty({g.Bt, g.M, g.N}, codes.options().dtype(at::kFloat));
+  auto out = large_empty({g.Bt, g.M, g.N}, codes.options().dtype(at::kFloat));
   j.out = out.data_ptr<float>();
   at::parallel_for(0, g.Bt * g.M, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> s(g.padded_N() + W), v(g.padded_N() + W);

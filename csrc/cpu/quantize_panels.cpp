@@ -12,6 +12,7 @@
 
 #include "element_simd.h"
 #include "lowprec/formats.h"
+#include "large_empty.h"
 #include "lowprec/params.h"
 #include "panels.h"
 
@@ -349,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_panels_cpu(
   const PanelGeometry& g = j.g;
   TORCH_CHECK(!pack || j.fmt.elem.ebits + j.fmt.elem.mbits + 1 <= 4, "lowprec: only 4-bit codes are packed");
   j.packed = pack;
-  auto codes = at::empty({g.stored_rows(), pack ? g.stored_cols() / 2 : g.stored_cols()},
+  auto codes = large_empty({g.stored_rows(), pack ? g.stored_cols() / 2 : g.stored_cols()},
                          x.options().dtype(at::kByte));
   const bool fp32_scales = j.fmt.scale_kind == kFp32Scale;
   auto scales = at::empty({g.scale_rows(), g.scale_cols()}, x.options().dtype(fp32_scales ? at::kFloat : at::kByte));
@@ -368,9 +369,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fake_quantize_panels_
   at::Tensor s_enc;
   QuantJob j = make_job(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, s_enc);
   const auto f32 = x.options().dtype(at::kFloat);
-  auto x_hat = at::empty(x.sizes(), f32);
-  auto s_eff = with_scales ? at::empty(x.sizes(), f32) : at::empty({0}, f32);
-  auto amax_out = with_scales ? at::empty(x.sizes(), f32) : at::empty({0}, f32);
+  auto x_hat = large_empty(x.sizes(), f32);
+  auto s_eff = with_scales ? large_empty(x.sizes(), f32) : at::empty({0}, f32);
+  auto amax_out = with_scales ? large_empty(x.sizes(), f32) : at::empty({0}, f32);
   j.x_hat = x_hat.data_ptr<float>();
   if (with_scales) {
     j.s_eff_out = s_eff.data_ptr<float>();
