@@ -35,6 +35,8 @@ struct QuantJob {
   const float* scale_table;
   const float* x32;
   const uint16_t* x16;     // bf16 input, or null
+  bool unit_stride;        // x is contiguous; else read through stride (elements, per dim)
+  int64_t stride[3];
   // quantize outputs
   uint8_t* codes;
   bool packed;
@@ -75,7 +77,12 @@ LOWPREC_INLINE void load_panel(const QuantJob& j, Scratch& sc, int64_t b, int64_
     float* dst = sc.x.data() + i * g.ld;
     sc.rows[i] = dst;
     int64_t k = 0;
-    if (i < rows) {
+    if (i < rows && !j.unit_stride) {   // strided view (a transpose): gathered below
+      for (; k < cols; ++k) {
+        const int64_t src = b * j.stride[0] + (m0 + i) * j.stride[1] + (n0 + k) * j.stride[2];
+        dst[k] = j.x16 ? bits_to_float(static_cast<uint32_t>(j.x16[src]) << 16) : j.x32[src];
+      }
+    } else if (i < rows) {
       const int64_t src = (b * g.M + m0 + i) * g.N + n0;
       if (j.x16) {
         for (; k < cols; ++k) dst[k] = bits_to_float(static_cast<uint32_t>(j.x16[src + k]) << 16);
@@ -295,9 +302,9 @@ float tensor_amax(const at::Tensor& x) {
 QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntArrayRef iparams,
                   c10::ArrayRef<double> fparams, c10::IntArrayRef geometry, const c10::optional<at::Tensor>& amax,
                   int64_t rounding, int64_t seed, int64_t offset, at::Tensor& s_enc_out) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous() &&
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
-              "lowprec panel kernels take a contiguous fp32 or bf16 CPU tensor [Bt, M, N]");
+              "lowprec panel kernels take an fp32 or bf16 CPU tensor [Bt, M, N] (any strides)");
   TORCH_CHECK(geometry.size() == 2 && geometry[0] >= kRows && geometry[0] <= kTiles && geometry[1] >= 2 &&
                   geometry[1] <= 128 && geometry[1] % 2 == 0,
               "lowprec panel kernels: geometry is [mode (0 rows, 1 cols, 2 tiles), even block size <= 128]");
@@ -305,8 +312,8 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
               "lowprec panel kernels: rounding must be nearest (0), stochastic (1) or zero (2)");
   QuantJob j{PanelGeometry(x.size(0), x.size(1), x.size(2), int(geometry[0]), int(geometry[1])),
              block_format_from(iparams, fparams), ElementCoder(Minifloat{}), 1.0f, int(rounding),
-             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), false, nullptr, nullptr, nullptr,
-             nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr};
+             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), false, nullptr, nullptr, nullptr, true,
+             {0, 0, 0}, nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr};
   j.coder = ElementCoder(j.fmt.elem);
   TORCH_CHECK(j.fmt.elem.bias <= 126 && j.fmt.elem.mbits <= 20, "lowprec panel kernels: unsupported element format");
   if (j.fmt.tensor_scale) {
@@ -322,6 +329,9 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
   s_enc_out = at::full({}, j.s_enc, x.options().dtype(at::kFloat));
   j.inverse_multiply = j.fmt.scale_kind == kE8M0 && !j.fmt.tensor_scale;
   j.scale_table = j.fmt.scale_kind == kFp32Scale ? nullptr : scale_table.data_ptr<float>();
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), "lowprec panel kernels: x must be dense (a permuted view at most)");
+  j.unit_stride = x.is_contiguous();
+  for (int d = 0; d < 3; ++d) j.stride[d] = x.stride(d);
   if (x.scalar_type() == at::kFloat) {
     j.x32 = x.data_ptr<float>();
   } else {

@@ -6,6 +6,7 @@ permutation, padding, Philox draw, amax or nibble packing."""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -30,20 +31,28 @@ def panel_view(shape, fmt: QuantFormat, axis: int):
 
 
 def _kernel_input(x: torch.Tensor, view) -> torch.Tensor:
+    """x as [Bt, M, N]; a transposed 2D tensor goes as a strided view (the kernel gathers it)
+    rather than through a copy."""
     if x.device.type != "cpu":
         raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.to(torch.float32)
+    if x.dim() == 2 and x.stride() == (1, x.shape[0]) and not x.is_contiguous():
+        return x.unsqueeze(0)
     return x.contiguous().view(view[0], view[1], view[2])
+
+
+@lru_cache(maxsize=256)
+def _format_args(fmt: QuantFormat):
+    ints, floats = format_params(fmt)
+    return scale_table(fmt, "cpu"), ints, floats
 
 
 def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor):
     fmt = get_format(fmt)
     check_input(x, rounding, seed, nan_policy)
-    ints, floats = format_params(fmt)
     amax = amax_tensor.reshape(()).to(torch.float32) if (fmt.tensor_scale and amax_tensor is not None) else None
-    return fmt, (scale_table(fmt, "cpu"), ints, floats), amax, (ROUNDING_IDS[rounding], int64_bits(seed or 0),
-                                                                int64_bits(offset))
+    return fmt, _format_args(fmt), amax, (ROUNDING_IDS[rounding], int64_bits(seed or 0), int64_bits(offset))
 
 
 def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,

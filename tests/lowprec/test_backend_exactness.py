@@ -79,6 +79,20 @@ def test_nan_inf_inputs_bit_exact(backend, fmt):
             assert equal_nan(a, b)
 
 
+@pytest.mark.parametrize("fmt", [F.MXFP4, F.NVFP4, F.MXFP8, F.NVFP4.replace(block_2d=True)], ids=str)
+def test_transposed_inputs_bit_exact(backend, fmt):
+    """A transposed 2D view (wgrad operands, weights along axis 0) quantizes like its copy."""
+    x = data((50, 36), 9, specials=True).t()
+    for axis in (-1, 0):
+        f = fmt if fmt.block_2d else fmt.replace(axis=axis)
+        for rounding in ("nearest", "stochastic"):
+            assert_same_q(lowprec.quantize(x, f, rounding=rounding, seed=4, offset=9, backend=backend),
+                          ref_quantize(x, f, rounding=rounding, seed=4, offset=9))
+            got = ops.resolve("fake_quantize", backend)(x, f, rounding=rounding, seed=4, offset=9)
+            for a, b in zip(got, ref_fake(x, f, rounding=rounding, seed=4, offset=9)):
+                assert equal_nan(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(backend, dtype):
     x = data((16, 64), 5).to(dtype)
