@@ -41,6 +41,9 @@ LOWPREC_INLINE vi encode(vf xs, const ElementCoder& c, vi rand, vf* value) {
     // floor(q) + [floor(frac(q) * 256) + rand >= 256], from t = floor(q * 256) (q * 256 exact)
     const vi t = __builtin_convertvector(q * 256.0f, vi);
     r = (t >> 8) + (((t & 255) + rand) >> 8);
+  } else if constexpr (Mode == kUp) {
+    const vi t = __builtin_convertvector(q, vi);
+    r = t - (__builtin_convertvector(t, vf) < q);            // ceil (q >= 0): true lanes are -1
   } else {
     r = __builtin_convertvector(q, vi);                      // floor (q >= 0)
   }

@@ -51,10 +51,11 @@ struct QuantJob {
 struct Scratch {
   std::vector<float> x, s, inv_s, amax, out;
   std::vector<int32_t> colmax;
+  std::vector<float> group_amax, group_s;
   std::vector<const float*> rows;
   std::vector<uint8_t> codes, rand;
   explicit Scratch(const PanelGeometry& g)
-      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), rows(g.bm), codes(g.bm * g.ld),
+      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), rows(g.bm), codes(g.bm * g.ld),
         rand(g.ld + 32) {}
 };
 
@@ -118,6 +119,34 @@ inline std::pair<int64_t, int64_t> scale_slots(const PanelGeometry& g, int64_t b
   return {(b * g.panels + pm) * g.groups + n0 / g.gw, 1};
 }
 
+// Scales of the panel's column groups from their amaxes (sc.group_amax -> sc.group_s), stored
+// at slot.first + q * slot.second. Minifloat scales go 16 groups at a time through the element
+// encoder (scale_code in formats.h: (amax / elem_max) * S_enc rounded onto the scale grid, the
+// value divided by S_enc); non-finite amaxes and the other scale kinds take the scalar path.
+LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_groups, std::pair<int64_t, int64_t> slot) {
+  float* gamax = sc.group_amax.data();
+  float* gs = sc.group_s.data();
+  int64_t q = 0;
+  if (j.fmt.scale_kind == kMinifloatScale) {
+    const ElementCoder scoder(j.fmt.scale);
+    const float elem_max = j.fmt.elem.max, s_enc = j.s_enc;
+    const bool up = j.fmt.scale_rounding == kUp;
+    for (; q + W <= n_groups; q += W) {
+      const vf amax = load(gamax + q);
+      const vf hp = (amax / elem_max) * s_enc;
+      vf v;
+      const vi code = up ? encode<kUp>(hp, scoder, splat_i(0), &v) : encode<kNearest>(hp, scoder, splat_i(0), &v);
+      store(gs + q, v / s_enc);
+      for (int l = 0; l < W; ++l) {
+        const int64_t at = slot.first + (q + l) * slot.second;
+        if (!std::isfinite(amax[l])) gs[q + l] = block_scale(j, amax[l], at);
+        else if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
+      }
+    }
+  }
+  for (; q < n_groups; ++q) gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
+}
+
 // Column amaxes over the panel's rows, then one scale per column group, spread over its columns.
 LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int64_t pm, int64_t m0, int64_t n0,
                          int64_t width) {
@@ -129,7 +158,7 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     memcpy(colmax + k, &m, sizeof m);
   }
   const int64_t n_groups = width / g.gw;
-  const auto slot = scale_slots(g, b, pm, m0, n0);
+  float* gamax = sc.group_amax.data();
   for (int64_t q = 0; q < n_groups; ++q) {
     const int32_t* cm = colmax + q * g.gw;
     int32_t amax_bits = 0;
@@ -144,8 +173,11 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     } else {
       for (int64_t k = 0; k < g.gw; ++k) amax_bits = cm[k] > amax_bits ? cm[k] : amax_bits;
     }
-    const float amax = bits_to_float(static_cast<uint32_t>(amax_bits));
-    const float s = block_scale(j, amax, slot.first + q * slot.second);
+    gamax[q] = bits_to_float(static_cast<uint32_t>(amax_bits));
+  }
+  block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  for (int64_t q = 0; q < n_groups; ++q) {
+    const float s = sc.group_s[q], amax = gamax[q];
     const float inv = j.inverse_multiply ? 1.0f / s : 1.0f;
     int64_t k = q * g.gw;
     for (; k + W <= (q + 1) * g.gw; k += W) {
