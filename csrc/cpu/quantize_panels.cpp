@@ -59,6 +59,8 @@ struct Scratch {
         rand(g.ld + 32) {}
 };
 
+LOWPREC_INLINE float bf16_value(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
+
 // Philox bytes of flat indices [base, base + n): byte i % 16 of randint4x(seed, offset + i / 16).
 LOWPREC_INLINE const uint8_t* philox_row(const QuantJob& j, int64_t base, int64_t n, uint8_t* tmp) {
   const int64_t c0 = base / 16, c1 = (base + n - 1) / 16;
@@ -81,12 +83,12 @@ LOWPREC_INLINE void load_panel(const QuantJob& j, Scratch& sc, int64_t b, int64_
     if (i < rows && !j.unit_stride) {   // strided view (a transpose): gathered below
       for (; k < cols; ++k) {
         const int64_t src = b * j.stride[0] + (m0 + i) * j.stride[1] + (n0 + k) * j.stride[2];
-        dst[k] = j.x16 ? bits_to_float(static_cast<uint32_t>(j.x16[src]) << 16) : j.x32[src];
+        dst[k] = j.x16 ? bf16_value(j.x16[src]) : j.x32[src];
       }
     } else if (i < rows) {
       const int64_t src = (b * g.M + m0 + i) * g.N + n0;
       if (j.x16) {
-        for (; k < cols; ++k) dst[k] = bits_to_float(static_cast<uint32_t>(j.x16[src + k]) << 16);
+        for (; k < cols; ++k) dst[k] = bf16_value(j.x16[src + k]);
       } else if (cols == g.ld) {
         sc.rows[i] = j.x32 + src;
         continue;

@@ -7,17 +7,14 @@ except ImportError as e:
                       "`pip install -e . --no-build-isolation`") from e
 
 from . import fakes  # noqa: E402,F401  (fake implementations for torch.compile / opcheck)
-from .extension_ops import register_block_ops  # noqa: E402
-
-register_block_ops("cpp", "cpu", block_kernels=False)
-
 from . import panels  # noqa: E402
-from .. import ops as _ops_  # noqa: E402
+from .. import ops as _ops  # noqa: E402
+from .extension_ops import register_random_bytes  # noqa: E402
 
-_ops_.register("quantize", "cpp")(panels.quantize)
-_ops_.register("fake_quantize", "cpp")(panels.fake_quantize)
-_ops_.register("dequantize", "cpp")(panels.dequantize)
-
+register_random_bytes("cpp", "cpu")
+_ops.register("quantize", "cpp")(panels.quantize)
+_ops.register("fake_quantize", "cpp")(panels.fake_quantize)
+_ops.register("dequantize", "cpp")(panels.dequantize)
 
 def _cpp_chunks(chunks, n, signs, inverse):
     """fp32 chunks through the C++ kernel; other dtypes (fp64) through the reference's torch ops."""
@@ -29,15 +26,13 @@ def _cpp_chunks(chunks, n, signs, inverse):
 
 def hadamard(x, block_size, axis=-1, seed=None, signs=None, inverse=False):
     if x.device.type != "cpu":
-        from .. import ops
-        raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
+        raise _ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
     signs = resolve_signs(x, block_size, seed, signs)
     return BlockHadamard.apply(x, block_size, axis, signs, inverse, _cpp_chunks)
 
 
 import torch  # noqa: E402
 
-from .. import ops as _ops  # noqa: E402
 from ..reference.hadamard import BlockHadamard, resolve_signs, torch_chunks  # noqa: E402
 
 _ops.register("hadamard", "cpp")(hadamard)

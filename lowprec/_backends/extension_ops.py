@@ -10,18 +10,26 @@ from ..tensor import QuantizedTensor
 from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, int64_bits, scale_table
 
 
-def register_block_ops(backend: str, device_type: str, block_kernels: bool = True) -> None:
-    """random_bytes, and (``block_kernels``) quantize / fake_quantize / dequantize through the
-    [n_blocks, block] kernels of lowprec._C."""
-    def require(t: torch.Tensor) -> None:
-        if t.device.type != device_type:
-            raise ops.BackendUnavailable(f"backend {backend!r} runs on {device_type} tensors, not {t.device}")
-
+def register_random_bytes(backend: str, device_type: str):
+    """lowprec._C's Philox byte stream as ``backend``'s random_bytes op (returned too)."""
     def random_bytes(seed: int, offset: int, numel: int, device=None) -> torch.Tensor:
         device = torch.device(device) if device is not None else torch.device(device_type)
         if device.type != device_type:
             raise ops.BackendUnavailable(f"backend {backend!r} runs on {device_type}, not {device}")
         return torch.ops.lowprec.random_bytes(int64_bits(seed), int64_bits(offset), int(numel), device)
+
+    ops.register("random_bytes", backend)(random_bytes)
+    return random_bytes
+
+
+def register_block_ops(backend: str, device_type: str) -> None:
+    """random_bytes, and quantize / fake_quantize / dequantize through the [n_blocks, block]
+    kernels of lowprec._C."""
+    def require(t: torch.Tensor) -> None:
+        if t.device.type != device_type:
+            raise ops.BackendUnavailable(f"backend {backend!r} runs on {device_type} tensors, not {t.device}")
+
+    random_bytes = register_random_bytes(backend, device_type)
 
     def prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor) -> Prepared:
         require(x)
@@ -51,9 +59,6 @@ def register_block_ops(backend: str, device_type: str, block_kernels: bool = Tru
         require(q.codes)
         return dequantize_with(q, torch.ops.lowprec.dequantize_blocks, dtype)
 
-    ops.register("random_bytes", backend)(random_bytes)
-    if not block_kernels:
-        return
     ops.register("quantize", backend)(quantize)
     ops.register("fake_quantize", backend)(fake_quantize_with_scales)
     ops.register("dequantize", backend)(dequantize)

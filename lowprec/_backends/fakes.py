@@ -19,7 +19,7 @@ torch.library.register_fake("lowprec::quantize_blocks")(_fake_blocks)
 torch.library.register_fake("lowprec::fake_quantize_blocks")(_fake_fake_blocks)
 torch.library.register_fake("lowprec::dequantize_blocks")(
     lambda codes, s_eff, table: codes.new_empty(codes.shape, dtype=torch.float32))
-def _panel_shapes(x, iparams, geometry):
+def _panel_shapes(x, geometry):
     """Stored code and scale-grid shapes of the panel kernels (csrc/cpu/panels.h)."""
     bt, m, n = x.shape
     mode, bs = geometry
@@ -33,7 +33,7 @@ def _panel_shapes(x, iparams, geometry):
 
 @torch.library.register_fake("lowprec::quantize_panels")
 def _fake_quantize_panels(x, scale_table, iparams, fparams, geometry, amax, rounding, seed, offset, pack):
-    codes, grid = _panel_shapes(x, iparams, geometry)
+    codes, grid = _panel_shapes(x, geometry)
     if pack:
         codes = (codes[0], codes[1] // 2)
     scale_dtype = torch.float32 if iparams[5] == 2 else torch.uint8

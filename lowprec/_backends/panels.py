@@ -13,7 +13,7 @@ import torch
 
 from .. import ops
 from ..formats import QuantFormat, get_format
-from ..reference.blocking import make_layout
+from ..reference.blocking import from_stored, make_layout
 from ..reference.quantize import check_input
 from ..tensor import QuantizedTensor
 from .blocked import ROUNDING_IDS, format_params, int64_bits, scale_table
@@ -48,6 +48,11 @@ def _format_args(fmt: QuantFormat):
     return scale_table(fmt, "cpu"), ints, floats
 
 
+@lru_cache(maxsize=64)
+def _element_table(element) -> torch.Tensor:
+    return element.table("cpu")
+
+
 def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor):
     fmt = get_format(fmt)
     check_input(x, rounding, seed, nan_policy)
@@ -68,16 +73,8 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
     stored = list(layout.stored)
     if packed:
         stored[-1] //= 2
-    grid = _scale_grid(layout, fmt)
-    return QuantizedTensor(codes.view(stored), scales.view(grid), s_enc if fmt.tensor_scale else None, fmt,
-                           x.shape, x.dtype, layout.axis)
-
-
-def _scale_grid(layout, fmt: QuantFormat):
-    bs = fmt.block_size
-    if fmt.block_2d:
-        return (*layout.stored[:-2], layout.stored[-2] // bs, layout.stored[-1] // bs)
-    return (*layout.stored[:-1], layout.stored[-1] // bs)
+    return QuantizedTensor(codes.view(stored), scales.view(layout.scale_shape), s_enc if fmt.tensor_scale else None,
+                           fmt, x.shape, x.dtype, layout.axis)
 
 
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
@@ -99,18 +96,13 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
         raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {q.codes.device}")
     fmt = q.fmt
     layout = make_layout(q.shape, fmt)
-    bt, m, n, mode = panel_view(q.shape, fmt, layout.axis)
-    if mode == COLS:   # stored as [Bt, N, Mp]: row blocks of the transposed problem
-        bt, m, n, mode = bt, n, m, ROWS
-        bt, m = 1, bt * m
-    elif mode == ROWS:
-        bt, m = 1, bt * m
-    tables = (scale_table(fmt, "cpu"), fmt.element.table("cpu"))
-    out = torch.ops.lowprec.dequantize_panels(q.codes.contiguous(), q.scales.contiguous(), *tables, q.tensor_scale,
+    if fmt.block_2d:
+        bt, m, n, mode = panel_view(q.shape, fmt, layout.axis)
+    else:   # row and column blocks alike are row blocks of the stored [rows, L_pad] layout
+        bt, m, n, mode = 1, math.prod(layout.stored[:-1]), q.shape[layout.axis], ROWS
+    scales_table = _format_args(fmt)[0]
+    out = torch.ops.lowprec.dequantize_panels(q.codes.contiguous(), q.scales.contiguous(), scales_table,
+                                              _element_table(fmt.element), q.tensor_scale,
                                               [bt, m, n, mode, fmt.block_size], q.packed)
-    if layout.axis != len(q.shape) - 1 and not fmt.block_2d:
-        lead = q.shape[:layout.axis] + q.shape[layout.axis + 1:]
-        out = out.view(*lead, q.shape[layout.axis]).movedim(-1, layout.axis)
-    else:
-        out = out.view(q.shape)
+    out = out.view(q.shape) if fmt.block_2d else from_stored(out.view(*layout.stored[:-1], n), layout)
     return out.to(dtype or q.dtype)
