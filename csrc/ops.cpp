@@ -15,7 +15,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fake_quantize_panels_
 at::Tensor dequantize_panels_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& scale_table,
                                  const at::Tensor& elem_table, const c10::optional<at::Tensor>& tensor_scale,
                                  c10::IntArrayRef geometry, bool packed);
-at::Tensor hadamard_rows_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse);
+at::Tensor hadamard_panels_cpu(const at::Tensor& x, int64_t n, const c10::optional<at::Tensor>& signs, bool inverse,
+                               int64_t mode);
 at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m);
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& w, const at::Tensor& mask);
 void galore_update_cpu(at::Tensor& w, const at::Tensor& a, const at::Tensor& b, double coef, double c_wd);
@@ -59,7 +60,7 @@ TORCH_LIBRARY(lowprec, m) {
         "Tensor? amax, int rounding, int seed, int offset, bool with_scales) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("dequantize_panels(Tensor codes, Tensor scales, Tensor scale_table, Tensor elem_table, "
         "Tensor? tensor_scale, int[] geometry, bool packed) -> Tensor");
-  m.def("hadamard_rows(Tensor x, int n, Tensor? signs, bool inverse) -> Tensor");
+  m.def("hadamard_panels(Tensor x, int n, Tensor? signs, bool inverse, int mode) -> Tensor");
   m.def("nm_mask(Tensor scores, int n, int m) -> Tensor");
   m.def("compress_24(Tensor w, Tensor mask) -> (Tensor, Tensor)");
   m.def("galore_update_(Tensor(a!) w, Tensor a, Tensor b, float coef, float c_wd) -> ()");
@@ -81,7 +82,7 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("quantize_panels", &lowprec::quantize_panels_cpu);
   m.impl("fake_quantize_panels", &lowprec::fake_quantize_panels_cpu);
   m.impl("dequantize_panels", &lowprec::dequantize_panels_cpu);
-  m.impl("hadamard_rows", &lowprec::hadamard_rows_cpu);
+  m.impl("hadamard_panels", &lowprec::hadamard_panels_cpu);
   m.impl("nm_mask", &lowprec::nm_mask_cpu);
   m.impl("compress_24", &lowprec::compress_24_cpu);
   m.impl("masked_adam_step_", &lowprec::masked_adam_step_cpu);

@@ -15,6 +15,7 @@
 #include "large_empty.h"
 #include "lowprec/params.h"
 #include "panels.h"
+#include "philox_simd.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "Philox bytes are copied as little-endian words");
 
@@ -56,20 +57,10 @@ struct Scratch {
   std::vector<uint8_t> codes, rand;
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.ld + 32) {}
+        rand(g.bm * g.ld + 16 + 256) {}
 };
 
 LOWPREC_INLINE float bf16_value(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
-
-// Philox bytes of flat indices [base, base + n): byte i % 16 of randint4x(seed, offset + i / 16).
-LOWPREC_INLINE const uint8_t* philox_row(const QuantJob& j, int64_t base, int64_t n, uint8_t* tmp) {
-  const int64_t c0 = base / 16, c1 = (base + n - 1) / 16;
-  for (int64_t c = c0; c <= c1; ++c) {
-    const Uint4x32 r = randint4x(j.seed, j.offset + static_cast<uint64_t>(c));
-    memcpy(tmp + (c - c0) * 16, r.w, 16);
-  }
-  return tmp + (base - c0 * 16);
-}
 
 // Row pointers of the panel: straight into x where a row segment is whole fp32 data, else
 // into the scratch, converted from bf16 and zero-padded to the scratch row length.
@@ -263,15 +254,18 @@ LOWPREC_INLINE void run_item_as(const QuantJob& j, Scratch& sc, int64_t item) {
   load_panel(j, sc, b, m0, n0, rows, cols);
   panel_scales(j, sc, b, pm, m0, n0, width);
   const int64_t stored_rows = Fake ? rows : g.bm;   // padding rows are stored (cols, tiles)
+  // Stochastic bits at x's flat index: one span for the whole panel when its rows are whole
+  // (consecutive in the stream), else one span per row. Zero padding rounds to 0 whatever the bits.
+  const uint8_t* panel_rand = nullptr;
+  if (Mode == kStochastic && g.chunks == 1) {
+    panel_rand = philox_span(j.seed, j.offset, (b * g.M + m0) * g.N, (rows - 1) * g.N + g.ld, sc.rand.data());
+  }
   for (int64_t i = 0; i < stored_rows; ++i) {
     const uint8_t* rand = nullptr;
     if (Mode == kStochastic) {
-      if (i < rows) {
-        rand = philox_row(j, (b * g.M + m0 + i) * g.N + n0, g.ld, sc.rand.data());
-      } else {   // zero padding rounds to 0 whatever the bits
-        std::fill(sc.rand.begin(), sc.rand.end(), 0);
-        rand = sc.rand.data();
-      }
+      if (i >= rows) rand = sc.rand.data();
+      else if (panel_rand) rand = panel_rand + i * g.N;
+      else rand = philox_span(j.seed, j.offset, (b * g.M + m0 + i) * g.N + n0, g.ld, sc.rand.data());
     }
     uint8_t* dst = nullptr;
     if (!Fake && g.mode != kCols) {

@@ -1,25 +1,40 @@
-// CPU kernel: the Philox byte stream, 16 bytes per counter, parallel over counters.
+// CPU kernel: the Philox byte stream, 256 bytes (16 counters, one per vector lane) at a time,
+// parallel over those groups.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include "lowprec/philox.h"
+#include <algorithm>
+
+#include "philox_simd.h"
 
 namespace lowprec {
+
+namespace {
+
+LOWPREC_ISA_CLONES void fill_stream(uint64_t seed, uint64_t offset, uint8_t* p, int64_t numel, int64_t g0,
+                                    int64_t g1) {
+  for (int64_t grp = g0; grp < g1; ++grp) {
+    const int64_t base = grp * 256;
+    if (base + 256 <= numel) {
+      simd::philox_256_bytes(seed, offset + static_cast<uint64_t>(grp * 16), p + base);
+    } else {
+      uint8_t tmp[256];
+      simd::philox_256_bytes(seed, offset + static_cast<uint64_t>(grp * 16), tmp);
+      std::copy(tmp, tmp + (numel - base), p + base);
+    }
+  }
+}
+
+}  // namespace
 
 at::Tensor random_bytes_cpu(int64_t seed, int64_t offset, int64_t numel) {
   TORCH_CHECK(numel >= 0, "lowprec::random_bytes: numel must be >= 0, got ", numel);
   auto out = at::empty({numel}, at::TensorOptions().dtype(at::kByte));
   uint8_t* p = out.data_ptr<uint8_t>();
-  const int64_t n_counters = (numel + 15) / 16;
-  at::parallel_for(0, n_counters, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const Uint4x32 r = randint4x(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + c));
-      const int64_t base = c * 16;
-      for (int j = 0; j < 16 && base + j < numel; ++j) {
-        p[base + j] = static_cast<uint8_t>(r.w[j / 4] >> (8 * (j % 4)));
-      }
-    }
+  const int64_t groups = (numel + 255) / 256;
+  at::parallel_for(0, groups, 256, [&](int64_t begin, int64_t end) {
+    fill_stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), p, numel, begin, end);
   });
   return out;
 }

@@ -16,24 +16,33 @@ _ops.register("quantize", "cpp")(panels.quantize)
 _ops.register("fake_quantize", "cpp")(panels.fake_quantize)
 _ops.register("dequantize", "cpp")(panels.dequantize)
 
-def _cpp_chunks(chunks, n, signs, inverse):
-    """fp32 chunks through the C++ kernel; other dtypes (fp64) through the reference's torch ops."""
-    if chunks.dtype != torch.float32:
-        return torch_chunks(chunks, n, signs, inverse)
-    flat = chunks.reshape(-1, n).contiguous()
-    return torch.ops.lowprec.hadamard_rows(flat, n, signs, inverse).reshape(chunks.shape)
+def _cpp_blockwise(x, n, axis, signs, inverse):
+    """The whole-tensor transform through the C++ kernel, along any axis with no permuting copy:
+    x as [lead, length, trail] (chunks along the middle dim) or [1, lead, length] when the axis
+    is last. fp64 input keeps its precision through the reference's torch ops."""
+    if x.dtype == torch.float64:
+        return apply_blockwise(x, n, axis, signs, inverse)
+    axis = check_blockwise(x, n, axis)
+    shape = x.shape
+    lead, length, trail = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    view, mode = ((1, lead, length), 0) if trail == 1 else ((lead, length, trail), 1)
+    s = None if signs is None else signs.to(device=x.device, dtype=torch.float32).contiguous()
+    xk = x.to(torch.float32).contiguous().view(view)
+    return torch.ops.lowprec.hadamard_panels(xk, n, s, inverse, mode).view(shape).to(x.dtype)
 
 
 def hadamard(x, block_size, axis=-1, seed=None, signs=None, inverse=False):
     if x.device.type != "cpu":
         raise _ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
     signs = resolve_signs(x, block_size, seed, signs)
-    return BlockHadamard.apply(x, block_size, axis, signs, inverse, _cpp_chunks)
+    return BlockHadamard.apply(x, block_size, axis, signs, inverse, _cpp_blockwise)
 
+
+import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from ..reference.hadamard import BlockHadamard, resolve_signs, torch_chunks  # noqa: E402
+from ..reference.hadamard import BlockHadamard, apply_blockwise, check_blockwise, resolve_signs  # noqa: E402
 
 _ops.register("hadamard", "cpp")(hadamard)
 

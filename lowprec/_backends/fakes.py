@@ -53,7 +53,7 @@ torch.library.register_fake("lowprec::dequantize_panels")(
     codes.new_empty(tuple(geometry[:3]), dtype=torch.float32))
 torch.library.register_fake("lowprec::random_bytes")(
     lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))
-torch.library.register_fake("lowprec::hadamard_rows")(lambda x, n, signs, inverse: torch.empty_like(x))
+torch.library.register_fake("lowprec::hadamard_panels")(lambda x, n, signs, inverse, mode: torch.empty_like(x))
 torch.library.register_fake("lowprec::nm_mask")(lambda scores, n, m: torch.empty_like(scores, dtype=torch.bool))
 
 

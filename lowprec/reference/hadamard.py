@@ -75,16 +75,24 @@ def torch_chunks(chunks: torch.Tensor, n: int, signs: Optional[torch.Tensor], in
     return y
 
 
-def apply_blockwise(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], inverse: bool,
-                    chunk_fn=torch_chunks) -> torch.Tensor:
-    """Move ``axis`` last, cut it into chunks of n, transform them with ``chunk_fn``, put back."""
+def check_blockwise(x: torch.Tensor, n: int, axis: int) -> int:
+    """Validate a block transform of size n along ``axis``; returns the axis as a non-negative index."""
     if x.dtype not in _COMPUTE:
         raise TypeError(f"hadamard takes float32/float16/bfloat16/float64 input, got {x.dtype}")
     check_size(n)
+    if x.dim() == 0:
+        raise ValueError("hadamard needs a tensor with at least one dim")
     axis = axis % x.dim()
+    if x.shape[axis] % n:
+        raise ValueError(f"dim {axis} has {x.shape[axis]} elements, not a multiple of the Hadamard size {n}")
+    return axis
+
+
+def apply_blockwise(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Tensor], inverse: bool,
+                    chunk_fn=torch_chunks) -> torch.Tensor:
+    """Move ``axis`` last, cut it into chunks of n, transform them with ``chunk_fn``, put back."""
+    axis = check_blockwise(x, n, axis)
     length = x.shape[axis]
-    if length % n:
-        raise ValueError(f"dim {axis} has {length} elements, not a multiple of the Hadamard size {n}")
     cdt = _COMPUTE[x.dtype]
     xm = x.movedim(axis, -1).to(cdt)
     chunks = xm.reshape(*xm.shape[:-1], length // n, n)
@@ -94,17 +102,18 @@ def apply_blockwise(x: torch.Tensor, n: int, axis: int, signs: Optional[torch.Te
 
 
 class BlockHadamard(torch.autograd.Function):
-    """y = M x per chunk; dL/dx = M^T dL/dy (the inverse transform)."""
+    """y = M x per chunk; dL/dx = M^T dL/dy (the inverse transform). ``blockwise(x, n, axis,
+    signs, inverse)`` is the backend's whole-tensor transform (apply_blockwise for the reference)."""
 
     @staticmethod
-    def forward(ctx, x, n, axis, signs, inverse, chunk_fn):
-        ctx.args = (n, axis, signs, inverse, chunk_fn)
-        return apply_blockwise(x, n, axis, signs, inverse, chunk_fn)
+    def forward(ctx, x, n, axis, signs, inverse, blockwise):
+        ctx.args = (n, axis, signs, inverse, blockwise)
+        return blockwise(x, n, axis, signs, inverse)
 
     @staticmethod
     def backward(ctx, grad):
-        n, axis, signs, inverse, chunk_fn = ctx.args
-        return apply_blockwise(grad, n, axis, signs, not inverse, chunk_fn), None, None, None, None, None
+        n, axis, signs, inverse, blockwise = ctx.args
+        return blockwise(grad, n, axis, signs, not inverse), None, None, None, None, None
 
 
 def resolve_signs(x: torch.Tensor, block_size: int, seed: Optional[int], signs: Optional[torch.Tensor]):
@@ -122,4 +131,4 @@ def hadamard_transform(x: torch.Tensor, block_size: int, axis: int = -1, seed: O
                        signs: Optional[torch.Tensor] = None, inverse: bool = False) -> torch.Tensor:
     """Block-diagonal (randomized when ``seed`` or ``signs`` is given) Hadamard transform."""
     signs = resolve_signs(x, block_size, seed, signs)
-    return BlockHadamard.apply(x, block_size, axis, signs, inverse, torch_chunks)
+    return BlockHadamard.apply(x, block_size, axis, signs, inverse, apply_blockwise)

@@ -151,3 +151,7 @@ def test_opcheck_cpp_ops():
                 deq = (codes, scales, table, fmt.element.table(), s_enc, [2, 24, 32, mode, bs], packed)
                 torch.library.opcheck(torch.ops.lowprec.dequantize_panels.default, deq)
     torch.library.opcheck(torch.ops.lowprec.random_bytes.default, (1, 2, 100, torch.device("cpu")))
+    signs = 1.0 - 2.0 * (torch.arange(16) % 3 == 0).float()
+    for mode in (0, 1):
+        for s in (None, signs):
+            torch.library.opcheck(torch.ops.lowprec.hadamard_panels.default, (data((2, 32, 48), 2), 16, s, False, mode))

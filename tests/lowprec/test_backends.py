@@ -25,7 +25,7 @@ def test_cpp_extension_is_built():
 
 
 @pytest.mark.parametrize("seed,offset,numel", [(0, 0, 1), (42, 3, 1000), (-1, (1 << 32) - 2, 4099),
-                                               ((1 << 62) + 5, 1 << 40, 77), (123, 0, 0)])
+                                               ((1 << 62) + 5, 1 << 40, 77), (123, 0, 0), (7, 5, 300001)])
 def test_cpp_random_bytes_bit_exact(seed, offset, numel):
     ref = lowprec.random_bytes(seed, offset, numel, backend="reference")
     got = lowprec.random_bytes(seed, offset, numel, backend="cpp")
@@ -113,6 +113,24 @@ def test_cpp_hadamard_bit_exact(n, inverse):
     c = torch.randn_like(x)
     (lowprec.hadamard(xg, n, axis=1, seed=2, backend="cpp") * c).sum().backward()
     assert torch.equal(xg.grad, lowprec.hadamard(c, n, axis=1, seed=2, inverse=True, backend="reference"))
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 16, 32, 256])
+@pytest.mark.parametrize("shape,axis", [((5, 2, 3), 1), ((7, 2), -1), ((2, 9), 0), ((3, 2, 17), 1), ((2, 16), 0),
+                                        ((4, 2, 1), 1), ((2,), 0)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpp_hadamard_axes_bit_exact(n, shape, axis, dtype):
+    """Every axis (leading, middle, last), column counts that are not a multiple of the vector
+    width, chunks narrower and wider than a vector, and tails of < 16 elements."""
+    if "cpp" not in lowprec.available_backends():
+        pytest.skip("lowprec._C is not built")
+    shape = tuple(d * n if i == axis % len(shape) else d for i, d in enumerate(shape))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(n)).to(dtype)
+    for seed in (None, 9):
+        for inverse in (False, True):
+            ref = lowprec.hadamard(x, n, axis=axis, seed=seed, inverse=inverse, backend="reference")
+            got = lowprec.hadamard(x, n, axis=axis, seed=seed, inverse=inverse, backend="cpp")
+            assert got.dtype == ref.dtype and torch.equal(ref, got)
 
 
 def _cuda_include():
