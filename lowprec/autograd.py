@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import ops
-from .library import fake_quantize_op, format_to_json
+from .library import fake_quantize_eager, fake_quantize_op, format_to_json
 from .recipe import OperandConfig, Recipe
 from .reference.hadamard import hadamard_transform
 
@@ -134,7 +134,8 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
         return t.to(torch.float32), None
     if op.kind == "bf16":
         return t.to(torch.bfloat16).to(torch.float32), None
-    x_hat, factor = fake_quantize_op(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend)
+    quantizer = fake_quantize_op if torch.compiler.is_compiling() else fake_quantize_eager
+    x_hat, factor = quantizer(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend)
     return x_hat, (factor if factor.numel() else None)
 
 

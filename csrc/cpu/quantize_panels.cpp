@@ -169,25 +169,32 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     gamax[q] = bits_to_float(static_cast<uint32_t>(amax_bits));
   }
   block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  // spread over the columns (locals: the stores must not make the compiler reload sc's buffers)
+  float* s_col = sc.s.data();
+  float* inv_col = sc.inv_s.data();
+  float* amax_col = j.amax_out ? sc.amax.data() : nullptr;   // only fake_quantize with_scales reads it
+  const float* gs = sc.group_s.data();
+  const int64_t gw = g.gw;
   for (int64_t q = 0; q < n_groups; ++q) {
-    const float s = sc.group_s[q], amax = gamax[q];
+    const float s = gs[q], amax = gamax[q];
     const float inv = j.inverse_multiply ? 1.0f / s : 1.0f;
-    int64_t k = q * g.gw;
-    for (; k + W <= (q + 1) * g.gw; k += W) {
-      store(sc.s.data() + k, splat(s));
-      store(sc.inv_s.data() + k, splat(inv));
-      store(sc.amax.data() + k, splat(amax));
+    const vf sv = splat(s), iv = splat(inv), av = splat(amax);
+    int64_t k = q * gw;
+    for (; k + W <= (q + 1) * gw; k += W) {
+      store(s_col + k, sv);
+      store(inv_col + k, iv);
+      if (amax_col) store(amax_col + k, av);
     }
-    for (; k < (q + 1) * g.gw; ++k) {
-      sc.s[k] = s;
-      sc.inv_s[k] = inv;
-      sc.amax[k] = amax;
+    for (; k < (q + 1) * gw; ++k) {
+      s_col[k] = s;
+      inv_col[k] = inv;
+      if (amax_col) amax_col[k] = amax;
     }
   }
   for (int64_t k = width; k < g.ld; ++k) {
-    sc.s[k] = 1.0f;
-    sc.inv_s[k] = 1.0f;
-    sc.amax[k] = 0.0f;
+    s_col[k] = 1.0f;
+    inv_col[k] = 1.0f;
+    if (amax_col) amax_col[k] = 0.0f;
   }
 }
 

@@ -12,7 +12,6 @@ constexpr int W = 16;
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint8_t vb __attribute__((vector_size(16)));
 
 #define LOWPREC_INLINE inline __attribute__((always_inline))
 
@@ -24,21 +23,35 @@ typedef uint8_t vb __attribute__((vector_size(16)));
 
 LOWPREC_INLINE vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
 LOWPREC_INLINE void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
+// Bytes <-> 32-bit lanes and nibble packing are written with whole-word shuffles and shifts:
+// GCC 12 lowers __builtin_convertvector between 16-byte and 64-byte vectors to scalar code.
+typedef uint32_t vu4 __attribute__((vector_size(16)));
+typedef uint32_t vu2 __attribute__((vector_size(8)));
+typedef uint64_t vq8 __attribute__((vector_size(64)));
+
+// 16 bytes -> 16 lanes (zero-extended): lane l = byte l % 4 of word l / 4.
 LOWPREC_INLINE vi load_bytes(const uint8_t* p) {
-  vb b; memcpy(&b, p, sizeof b);
-  return __builtin_convertvector(b, vi);
+  vu4 w;
+  memcpy(&w, p, sizeof w);
+  const vu b = __builtin_shufflevector(w, w, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const vu shift = {0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24};
+  return (vi)((b >> shift) & 255u);
 }
+// 16 lanes holding values in [0, 255] -> 16 bytes.
 LOWPREC_INLINE void store_bytes(uint8_t* p, vi v) {
-  const vb b = __builtin_convertvector(v, vb);   // values are in [0, 255]
-  memcpy(p, &b, sizeof b);
+  const vu u = (vu)v;
+  const vu4 w = __builtin_shufflevector(u, u, 0, 4, 8, 12) | (__builtin_shufflevector(u, u, 1, 5, 9, 13) << 8) |
+                (__builtin_shufflevector(u, u, 2, 6, 10, 14) << 16) | (__builtin_shufflevector(u, u, 3, 7, 11, 15) << 24);
+  memcpy(p, &w, sizeof w);
 }
-// Codes of 16 lanes, two per byte (even lane in the low nibble), into 8 bytes.
+// Codes of 16 lanes (each < 16), two per byte (even lane in the low nibble), into 8 bytes.
 LOWPREC_INLINE uint64_t pack_nibbles(vi code) {
-  const vi odd = __builtin_shufflevector(code, code, 1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15);
-  const vb b = __builtin_convertvector(code | (odd << 4), vb);   // even bytes hold the pairs
-  const vb e = __builtin_shufflevector(b, b, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
+  const vq8 q = (vq8)code;
+  const vu t = (vu)(q | ((q >> 32) << 4));   // even lanes: code[2i] | code[2i + 1] << 4
+  const vu2 w = (__builtin_shufflevector(t, t, 0, 8) & 255u) | ((__builtin_shufflevector(t, t, 2, 10) & 255u) << 8) |
+                ((__builtin_shufflevector(t, t, 4, 12) & 255u) << 16) | (__builtin_shufflevector(t, t, 6, 14) << 24);
   uint64_t out;
-  memcpy(&out, &e, sizeof out);
+  memcpy(&out, &w, sizeof out);
   return out;
 }
 LOWPREC_INLINE vf splat(float s) { return vf{} + s; }

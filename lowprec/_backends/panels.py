@@ -30,16 +30,34 @@ def panel_view(shape, fmt: QuantFormat, axis: int):
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]), COLS
 
 
-def _kernel_input(x: torch.Tensor, view) -> torch.Tensor:
+# Elements per kernel work item (kItemElements in csrc/cpu/panels.h).
+ITEM_ELEMENTS = 2048
+
+
+def regroup_rows(rows: int, n: int, bs: int):
+    """Row blocks over ``rows`` rows of n elements (n a multiple of bs: no padding) are the same
+    blocks, scale grid, codes and Philox stream positions over rows / k rows of k n elements
+    (k | rows); k is chosen so that short rows (a 64-feature activation) still fill a work item.
+    -> (rows / k, k n)."""
+    if n % bs or n >= ITEM_ELEMENTS or rows <= 1:
+        return rows, n
+    k = math.gcd(rows, ITEM_ELEMENTS // n)
+    return rows // k, n * k
+
+
+def _kernel_input(x: torch.Tensor, view, bs: int) -> torch.Tensor:
     """x as [Bt, M, N]; a transposed 2D tensor goes as a strided view (the kernel gathers it)
-    rather than through a copy."""
+    rather than through a copy; contiguous row blocks go as regrouped rows (regroup_rows)."""
     if x.device.type != "cpu":
         raise ops.BackendUnavailable(f"backend 'cpp' runs on cpu tensors, not {x.device}")
     if x.dtype not in (torch.float32, torch.bfloat16):
         x = x.to(torch.float32)
     if x.dim() == 2 and x.stride() == (1, x.shape[0]) and not x.is_contiguous():
         return x.unsqueeze(0)
-    return x.contiguous().view(view[0], view[1], view[2])
+    x = x.contiguous()
+    if view[3] == ROWS:
+        return x.view(1, *regroup_rows(view[1], view[2], bs))
+    return x.view(view[0], view[1], view[2])
 
 
 @lru_cache(maxsize=256)
@@ -66,7 +84,7 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
     fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor)
     layout = make_layout(x.shape, fmt, strict)
     view = panel_view(x.shape, fmt, layout.axis)
-    xk = _kernel_input(x, view)
+    xk = _kernel_input(x, view, fmt.block_size)
     packed = fmt.element.bits == 4
     codes, scales, s_enc = torch.ops.lowprec.quantize_panels(xk, *fmt_args, [view[3], fmt.block_size], amax, *rng,
                                                               packed)
@@ -85,7 +103,7 @@ def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optiona
     layout = make_layout(x.shape, fmt)
     view = panel_view(x.shape, fmt, layout.axis)
     x_hat, s_eff, amax_e, _ = torch.ops.lowprec.fake_quantize_panels(
-        _kernel_input(x, view), *fmt_args, [view[3], fmt.block_size], amax, *rng, with_scales)
+        _kernel_input(x, view, fmt.block_size), *fmt_args, [view[3], fmt.block_size], amax, *rng, with_scales)
     if not with_scales:
         return x_hat.view(x.shape), None, None
     return x_hat.view(x.shape), s_eff.view(x.shape), amax_e.view(x.shape)
@@ -99,10 +117,11 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
     if fmt.block_2d:
         bt, m, n, mode = panel_view(q.shape, fmt, layout.axis)
     else:   # row and column blocks alike are row blocks of the stored [rows, L_pad] layout
-        bt, m, n, mode = 1, math.prod(layout.stored[:-1]), q.shape[layout.axis], ROWS
+        bt, mode = 1, ROWS
+        m, n = regroup_rows(math.prod(layout.stored[:-1]), q.shape[layout.axis], fmt.block_size)
     scales_table = _format_args(fmt)[0]
     out = torch.ops.lowprec.dequantize_panels(q.codes.contiguous(), q.scales.contiguous(), scales_table,
                                               _element_table(fmt.element), q.tensor_scale,
                                               [bt, m, n, mode, fmt.block_size], q.packed)
-    out = out.view(q.shape) if fmt.block_2d else from_stored(out.view(*layout.stored[:-1], n), layout)
+    out = out.view(q.shape) if fmt.block_2d else from_stored(out.view(*layout.stored[:-1], q.shape[layout.axis]), layout)
     return out.to(dtype or q.dtype)
