@@ -14,13 +14,16 @@
 
 namespace lowprec::simd {
 
+// The format's constants, splatted once: built inside the loop, GCC 12 assembles integer splats
+// through the stack, and the 64-byte reload after 8-byte stores stalls every iteration.
 struct ElementCoder {
-  float max;
-  int32_t mbits, emin, sign_shift, nan_code;
+  vf max;
+  vi emin, nan_code, exp_bias;    // exp_bias = 127 + mbits: 2^(mbits - e) has exponent field exp_bias - e
+  int32_t mbits, sign_shift;
 
   explicit ElementCoder(const Minifloat& f)
-      : max(f.max), mbits(f.mbits), emin(1 - f.bias), sign_shift(f.ebits + f.mbits),
-        nan_code(f.nan_code >= 0 ? f.nan_code : 0) {}
+      : max(splat(f.max)), emin(splat_i(1 - f.bias)), nan_code(splat_i(f.nan_code >= 0 ? f.nan_code : 0)),
+        exp_bias(splat_i(127 + f.mbits)), mbits(f.mbits), sign_shift(f.ebits + f.mbits) {}
 };
 
 // Codes of xs (already divided by the block scale). rand: the Philox bytes (stochastic only).
@@ -29,10 +32,10 @@ template <int Mode>
 LOWPREC_INLINE vi encode(vf xs, const ElementCoder& c, vi rand, vf* value) {
   const vi bits = as_i(xs);
   vf a = abs(xs);
-  a = (a > c.max) ? splat(c.max) : a;                       // NaN compares false: stays NaN
+  a = (a > c.max) ? c.max : a;                              // NaN compares false: stays NaN
   vi e = (as_i(a) >> 23) - 127;
-  e = (e < c.emin) ? splat_i(c.emin) : e;
-  const vf q = a * as_f((c.mbits - e + 127) << 23);          // a / ulp, exact
+  e = (e < c.emin) ? c.emin : e;
+  const vf q = a * as_f((c.exp_bias - e) << 23);             // a / ulp, exact
   vi r;
   if constexpr (Mode == kNearest) {
     const vf rq = (q + 8388608.0f) - 8388608.0f;             // rint, ties to even (q < 2^23)
@@ -54,7 +57,7 @@ LOWPREC_INLINE vi encode(vf xs, const ElementCoder& c, vi rand, vf* value) {
   }
   vi code = ((e - c.emin) << c.mbits) + r;
   code |= ((vi)((vu)bits >> 31)) << c.sign_shift;
-  return nan ? splat_i(c.nan_code) : code;
+  return nan ? c.nan_code : code;
 }
 
 }  // namespace lowprec::simd

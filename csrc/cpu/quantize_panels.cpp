@@ -7,6 +7,7 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,8 @@ struct QuantJob {
   bool packed;
   uint8_t* scale_codes;
   float* scale_fp32;
+  // set when a NaN/Inf block meets a scale format without a NaN code (an error, raised by run)
+  std::atomic<bool>* unmarkable_nan;
   // fake-quantize outputs
   float* x_hat;
   float* s_eff_out;
@@ -52,11 +55,11 @@ struct QuantJob {
 struct Scratch {
   std::vector<float> x, s, inv_s, amax, out;
   std::vector<int32_t> colmax;
-  std::vector<float> group_amax, group_s;
+  std::vector<float> group_amax, group_s, group_inv;
   std::vector<const float*> rows;
   std::vector<uint8_t> codes, rand;
   explicit Scratch(const PanelGeometry& g)
-      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), rows(g.bm), codes(g.bm * g.ld),
+      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), rows(g.bm), codes(g.bm * g.ld),
         rand(g.bm * g.ld + 16 + 256) {}
 };
 
@@ -99,6 +102,10 @@ inline float block_scale(const QuantJob& j, float amax, int64_t scale_index) {
     if (j.scale_fp32) j.scale_fp32[scale_index] = dec;
     return dec / j.s_enc;
   }
+  if (!std::isfinite(amax) && j.fmt.scale_kind == kMinifloatScale && j.fmt.scale.nan_code < 0) {
+    j.unmarkable_nan->store(true, std::memory_order_relaxed);   // raised after the parallel region
+    return 1.0f;
+  }
   const uint32_t code = scale_code(amax, j.fmt, j.s_enc);
   if (j.scale_codes) j.scale_codes[scale_index] = static_cast<uint8_t>(code);
   return j.scale_table[code] / j.s_enc;
@@ -120,7 +127,31 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
   float* gamax = sc.group_amax.data();
   float* gs = sc.group_s.data();
   int64_t q = 0;
-  if (j.fmt.scale_kind == kMinifloatScale) {
+  if (j.fmt.scale_kind == kE8M0 && j.fmt.rule == kFloor) {
+    // shared exponent floor(log2 a) - emax_elem (a = amax, times S_enc with a tensor scale),
+    // clamped to [-127, 127]; a = 0 gives -127. floor(log2 a) is the exponent field of a
+    // normal a; subnormal and non-finite amaxes take the scalar path.
+    const vi emax = splat_i(j.fmt.elem_emax + 127);
+    for (; q + W <= n_groups; q += W) {
+      vf a = load(gamax + q);
+      if (j.fmt.tensor_scale) a = a * j.s_enc;
+      const vi field = as_i(a) >> 23;   // a >= 0
+      vi shared = field - emax;
+      shared = (as_i(a) == 0) ? splat_i(-127) : shared;
+      shared = (shared < -127) ? splat_i(-127) : shared;
+      shared = (shared > 127) ? splat_i(127) : shared;
+      const vi code = shared + 127;
+      for (int l = 0; l < W; ++l) {
+        const int64_t at = slot.first + (q + l) * slot.second;
+        if ((field[l] == 0 && as_i(a)[l] != 0) || field[l] == 255) {
+          gs[q + l] = block_scale(j, gamax[q + l], at);
+        } else {
+          if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
+          gs[q + l] = j.scale_table[code[l]] / j.s_enc;
+        }
+      }
+    }
+  } else if (j.fmt.scale_kind == kMinifloatScale) {
     const ElementCoder scoder(j.fmt.scale);
     const float elem_max = j.fmt.elem.max, s_enc = j.s_enc;
     const bool up = j.fmt.scale_rounding == kUp;
@@ -152,7 +183,23 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
   }
   const int64_t n_groups = width / g.gw;
   float* gamax = sc.group_amax.data();
-  for (int64_t q = 0; q < n_groups; ++q) {
+  int64_t q0 = 0;
+  if (g.gw % W == 0) {   // 16 groups at a time: lane l of one vector = max of group q0 + l
+    for (; q0 + W <= n_groups; q0 += W) {
+      vi m[W];
+      for (int l = 0; l < W; ++l) {
+        const int32_t* cm = colmax + (q0 + l) * g.gw;
+        memcpy(&m[l], cm, sizeof(vi));
+        for (int64_t k = W; k < g.gw; k += W) {
+          vi c;
+          memcpy(&c, cm + k, sizeof c);
+          m[l] = max_i(m[l], c);
+        }
+      }
+      store(gamax + q0, as_f(transpose_max(m)));
+    }
+  }
+  for (int64_t q = q0; q < n_groups; ++q) {
     const int32_t* cm = colmax + q * g.gw;
     int32_t amax_bits = 0;
     if (g.gw % W == 0) {
@@ -169,15 +216,27 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     gamax[q] = bits_to_float(static_cast<uint32_t>(amax_bits));
   }
   block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
-  // spread over the columns (locals: the stores must not make the compiler reload sc's buffers)
+  // Per-group scale inverses; with groups of whole vectors code_row reads the group values
+  // directly, else (and for the per-element s_eff / amax outputs) they are spread over columns.
+  const float* gs = sc.group_s.data();
+  float* ginv = sc.group_inv.data();
+  for (int64_t q = 0; q < n_groups; ++q) ginv[q] = j.inverse_multiply ? 1.0f / gs[q] : 1.0f;
+  if (g.gw % W == 0 && !j.amax_out) {
+    // one splatted vector per group (and a unit one after the last), which code_row loads:
+    // from a scalar splat GCC 12 scalarizes the s == 0 select lane by lane
+    for (int64_t q = 0; q <= n_groups && q * W < g.ld; ++q) {
+      store(sc.s.data() + q * W, splat(q < n_groups ? gs[q] : 1.0f));
+      store(sc.inv_s.data() + q * W, splat(q < n_groups ? ginv[q] : 1.0f));
+    }
+    return;
+  }
+  // (locals: the stores must not make the compiler reload sc's buffers)
   float* s_col = sc.s.data();
   float* inv_col = sc.inv_s.data();
   float* amax_col = j.amax_out ? sc.amax.data() : nullptr;   // only fake_quantize with_scales reads it
-  const float* gs = sc.group_s.data();
   const int64_t gw = g.gw;
   for (int64_t q = 0; q < n_groups; ++q) {
-    const float s = gs[q], amax = gamax[q];
-    const float inv = j.inverse_multiply ? 1.0f / s : 1.0f;
+    const float s = gs[q], amax = gamax[q], inv = ginv[q];
     const vf sv = splat(s), iv = splat(inv), av = splat(amax);
     int64_t k = q * gw;
     for (; k + W <= (q + 1) * gw; k += W) {
@@ -205,17 +264,27 @@ template <int Mode, bool Fake>
 LOWPREC_INLINE void code_row(const QuantJob& j, Scratch& sc, int64_t i, const uint8_t* rand, float* out_row,
                              uint8_t* dst, int64_t width) {
   // locals, not fields of j: the byte stores below may alias j, which would force reloads
-  const int64_t ld = j.g.ld;
+  const int64_t ld = j.g.ld, gw = j.g.gw;
   const ElementCoder coder = j.coder;
   const bool inverse = j.inverse_multiply, packed = j.packed;
+  const bool grouped = gw % W == 0 && !j.amax_out;   // scales per group (panel_scales did not spread them)
   const float* xr = sc.rows[i];
   const float* sv = sc.s.data();
   const float* iv = sc.inv_s.data();
   uint8_t* cb = sc.codes.data() + i * ld;
-  for (int64_t k = 0; k < ld; k += W) {
+  vf s = splat(1.0f), inv = splat(1.0f);
+  for (int64_t k = 0, q = 0, next = 0; k < ld; k += W) {
     const vf x = load(xr + k);
-    const vf s = load(sv + k);
-    vf xs = inverse ? x * load(iv + k) : x / s;
+    if (!grouped) {
+      s = load(sv + k);
+      inv = load(iv + k);
+    } else if (k == next) {   // the first vector of group q (q = n_groups: the padding after them)
+      s = load(sv + q * W);
+      inv = load(iv + q * W);
+      q += k < width;
+      next = k < width ? next + gw : ld;
+    }
+    vf xs = inverse ? x * inv : x / s;
     xs = (s == 0.0f) ? splat(0.0f) : xs;
     const vi r = Mode == kStochastic ? load_bytes(rand + k) : splat_i(0);
     vf v;
@@ -348,7 +417,7 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
   QuantJob j{PanelGeometry(x.size(0), x.size(1), x.size(2), int(geometry[0]), int(geometry[1])),
              block_format_from(iparams, fparams), ElementCoder(Minifloat{}), 1.0f, int(rounding),
              static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), false, nullptr, nullptr, nullptr, true,
-             {0, 0, 0}, nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr};
+             {0, 0, 0}, nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   j.coder = ElementCoder(j.fmt.elem);
   TORCH_CHECK(j.fmt.elem.bias <= 126 && j.fmt.elem.mbits <= 20, "lowprec panel kernels: unsupported element format");
   if (j.fmt.tensor_scale) {
@@ -375,11 +444,14 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
   return j;
 }
 
-void run(const QuantJob& j, bool fake) {
+void run(QuantJob& j, bool fake) {
+  std::atomic<bool> unmarkable_nan{false};
+  j.unmarkable_nan = &unmarkable_nan;
   at::parallel_for(0, j.g.items(), 1, [&](int64_t begin, int64_t end) {
     Scratch sc(j.g);
     for (int64_t it = begin; it < end; ++it) run_item(j, sc, it, fake);
   });
+  TORCH_CHECK_VALUE(!unmarkable_nan.load(), "a block holds NaN or Inf, and this scale format has no NaN code to mark it");
 }
 
 }  // namespace

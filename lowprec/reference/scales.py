@@ -60,7 +60,9 @@ def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tenso
             shared = _ceil_log2(a) - elem.emax
         elif rule == "even":
             half_ulp = exp2i(_floor_log2(a) - elem.mbits - 1)
-            shared = _floor_log2(a + torch.where(a > 0, half_ulp, torch.zeros_like(a))) - elem.emax
+            rounded = a + torch.where(a > 0, half_ulp, torch.zeros_like(a))
+            # an amax within half an ulp of the fp32 max rounds to 2^128, which overflows fp32
+            shared = torch.where(torch.isinf(rounded), 128, _floor_log2(rounded)) - elem.emax
         elif rule == "rceil":
             shared = _ceil_log2(a / elem.max)
         else:

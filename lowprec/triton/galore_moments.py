@@ -55,7 +55,7 @@ def _decode(codes_ptr, scales_ptr, etab_ptr, stab_ptr, ts, i, j, kb, ok, LDC: tl
         code = tl.load(codes_ptr + i * LDC + j, mask=ok, other=0).to(tl.int32)
     sc = tl.load(scales_ptr + i * LDS + kb, mask=ok, other=0).to(tl.int32)
     dec = tl.load(stab_ptr + sc, mask=ok, other=1.0)
-    s_eff = tl.math.div_rn(dec, ts + 0.0 * dec)
+    s_eff = tl.math.div_rn(dec, ts + tl.zeros_like(dec))   # (0 * dec would be NaN for an inf scale)
     return tl.load(etab_ptr + code, mask=ok, other=0.0) * s_eff
 
 
@@ -81,7 +81,7 @@ def _amax2(x0, x1):
 @triton.jit
 def _round_half(x, s, idx, seed, offset, E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr,
                 E_MAX: tl.constexpr, E_NAN: tl.constexpr):
-    sb = s[:, None] + 0.0 * x
+    sb = s[:, None] + tl.zeros_like(x)
     xs = tl.where(sb == 0.0, 0.0, tl.math.div_rn(x, sb))
     v = _round_grid(xs, E_EBITS, E_MBITS, E_BIAS, E_MAX, 1, philox_byte(seed, offset, idx))
     return _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True)

@@ -106,7 +106,7 @@ def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_M
         code = tl.zeros_like(amax).to(tl.int32)
         scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
         dec = scale_hp
-    s = tl.math.div_rn(dec, s_enc + 0.0 * dec)
+    s = tl.math.div_rn(dec, s_enc + tl.zeros_like(dec))   # (0 * dec would be NaN for an inf scale)
     return code, dec, s
 
 
@@ -145,7 +145,7 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
                                S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE)
 
     # elements
-    sb = s[:, None] + 0.0 * x
+    sb = s[:, None] + tl.zeros_like(x)
     xs = tl.where(sb == 0.0, 0.0, tl.math.div_rn(x, sb))
     if ROUNDING == 1:
         if INLINE_RNG:

@@ -79,6 +79,38 @@ def test_nan_inf_inputs_bit_exact(backend, fmt):
             assert equal_nan(a, b)
 
 
+def special_blocks(rows=2, cols=512, block=32, seed=0):
+    """Wide rows (16+ blocks per kernel panel, so block scales go 16 at a time) whose blocks are
+    by turns ordinary, all zero, fp32-subnormal, near the fp32 max, or hold a NaN or an Inf."""
+    x = data((rows, cols), seed)
+    blocks = x.view(rows, cols // block, block)
+    blocks[:, 1::7] = 0.0
+    blocks[:, 2::7] *= 1e-41
+    blocks[:, 3::7] = blocks[:, 3::7].sign() * 3e38
+    blocks[:, 4::7] *= 1e-30
+    blocks[0, 5, 3] = math.nan
+    blocks[1, 6, 0] = -math.inf
+    return x
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_special_blocks_in_wide_panels_bit_exact(backend, fmt):
+    x = special_blocks()
+    for axis in (-1, 0):
+        f = fmt if fmt.block_2d else fmt.replace(axis=axis)
+        if f.scale.kind not in ("e8m0", "fp32") and not f.scale.has_nan:   # NaN blocks cannot be stored
+            for fn in (ref_quantize, lambda *a, **k: lowprec.quantize(*a, backend=backend, **k)):
+                with pytest.raises(ValueError, match="no NaN code"):
+                    fn(x, f, rounding="nearest")
+            continue
+        for rounding in ("nearest", "stochastic"):
+            assert_same_q(lowprec.quantize(x, f, rounding=rounding, seed=3, offset=1, backend=backend),
+                          ref_quantize(x, f, rounding=rounding, seed=3, offset=1))
+            got = ops.resolve("fake_quantize", backend)(x, f, rounding=rounding, seed=3, offset=1)
+            for a, b in zip(got, ref_fake(x, f, rounding=rounding, seed=3, offset=1)):
+                assert equal_nan(a, b), (f, axis, rounding)
+
+
 @pytest.mark.parametrize("fmt", [F.MXFP4, F.NVFP4, F.MXFP8, F.NVFP4.replace(block_2d=True)], ids=str)
 def test_transposed_inputs_bit_exact(backend, fmt):
     """A transposed 2D view (wgrad operands, weights along axis 0) quantizes like its copy."""
