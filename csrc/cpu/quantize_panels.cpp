@@ -60,7 +60,7 @@ struct Scratch {
   std::vector<uint8_t> codes, rand;
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.bm * g.ld + 16 + 256) {}
+        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach) {}
 };
 
 LOWPREC_INLINE float bf16_value(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }

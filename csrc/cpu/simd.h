@@ -26,12 +26,14 @@ LOWPREC_INLINE void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
 // Bytes <-> 32-bit lanes and nibble packing are written with whole-word shuffles and shifts:
 // GCC 12 lowers __builtin_convertvector between 16-byte and 64-byte vectors to scalar code.
 typedef uint32_t vu4 __attribute__((vector_size(16)));
-typedef uint32_t vu2 __attribute__((vector_size(8)));
 typedef uint64_t vq8 __attribute__((vector_size(64)));
 
-// 16 bytes -> 16 lanes (zero-extended): lane l = byte l % 4 of word l / 4.
+// 16 bytes -> 16 lanes (zero-extended): lane l = byte l % 4 of word l / 4. Reads 64 bytes at p
+// (callers pad their byte buffers): a 16-byte load widened by a shuffle goes through the stack
+// in GCC 12, and the 64-byte reload after the narrower stores stalls.
+constexpr int kLoadBytesReach = 64;
 LOWPREC_INLINE vi load_bytes(const uint8_t* p) {
-  vu4 w;
+  vu w;
   memcpy(&w, p, sizeof w);
   const vu b = __builtin_shufflevector(w, w, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const vu shift = {0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24};
@@ -44,14 +46,15 @@ LOWPREC_INLINE void store_bytes(uint8_t* p, vi v) {
                 (__builtin_shufflevector(u, u, 2, 6, 10, 14) << 16) | (__builtin_shufflevector(u, u, 3, 7, 11, 15) << 24);
   memcpy(p, &w, sizeof w);
 }
-// Codes of 16 lanes (each < 16), two per byte (even lane in the low nibble), into 8 bytes.
+// Codes of 16 lanes (each < 16), two per byte (even lane in the low nibble), into 8 bytes: the
+// pair bytes form in the 64-bit lanes, and the 64 -> 8-bit narrowing is one vpmovqb on AVX-512
+// (GCC scalarizes it for AVX2 and SSE, which stay correct).
+typedef uint8_t vb8 __attribute__((vector_size(8)));
 LOWPREC_INLINE uint64_t pack_nibbles(vi code) {
   const vq8 q = (vq8)code;
-  const vu t = (vu)(q | ((q >> 32) << 4));   // even lanes: code[2i] | code[2i + 1] << 4
-  const vu2 w = (__builtin_shufflevector(t, t, 0, 8) & 255u) | ((__builtin_shufflevector(t, t, 2, 10) & 255u) << 8) |
-                ((__builtin_shufflevector(t, t, 4, 12) & 255u) << 16) | (__builtin_shufflevector(t, t, 6, 14) << 24);
+  const vb8 b = __builtin_convertvector((q | ((q >> 32) << 4)) & 255u, vb8);
   uint64_t out;
-  memcpy(&out, &w, sizeof out);
+  memcpy(&out, &b, sizeof out);
   return out;
 }
 LOWPREC_INLINE vf splat(float s) { return vf{} + s; }
