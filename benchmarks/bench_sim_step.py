@@ -5,6 +5,7 @@ Usage: python benchmarks/bench_sim_step.py [--steps 20] [--backend auto] [--prof
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -16,23 +17,37 @@ from lowprec.sim.data import ByteCorpus
 from lowprec.sim.model import TinyLM, TinyLMConfig, keep_head_high_precision
 
 
-def step_time(recipe, steps, corpus, cfg, batch):
-    torch.manual_seed(0)
-    model = lowprec.convert_model(TinyLM(cfg), recipe, module_filter_fn=keep_head_high_precision)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(steps + 2):
-        x, y = corpus.batch("train", batch, cfg.seq_len, g)
+class Trainer:
+    """One recipe's converted model, optimizer and batch stream; ``step()`` times one step."""
+
+    def __init__(self, recipe, corpus, cfg, batch):
+        torch.manual_seed(0)
+        self.model = lowprec.convert_model(TinyLM(cfg), recipe, module_filter_fn=keep_head_high_precision)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.g = torch.Generator().manual_seed(0)
+        self.corpus, self.cfg, self.batch = corpus, cfg, batch
+
+    def step(self) -> float:
+        x, y = self.corpus.batch("train", self.batch, self.cfg.seq_len, self.g)
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad()
+        loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def step_times(recipes: dict, steps, corpus, cfg, batch) -> dict:
+    """Median step time per recipe. The recipes take their steps in turn (round robin), so a
+    slow spell of a shared machine lands on all of them rather than on whichever ran then."""
+    trainers = {name: Trainer(r, corpus, cfg, batch) for name, r in recipes.items()}
+    times = {name: [] for name in recipes}
+    for i in range(steps + 2):
+        for name, t in trainers.items():
+            dt = t.step()
+            if i >= 2:
+                times[name].append(dt)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
@@ -44,11 +59,9 @@ def main():
     args = ap.parse_args()
     cfg = TinyLMConfig()
     corpus = ByteCorpus()
-    rows = []
-    for name in lowprec.recipes.names():
-        recipe = lowprec.recipes.get(name, backend=args.backend)
-        rows.append(dict(recipe=name, backend=args.backend, step_ms=1e3 * step_time(recipe, args.steps, corpus, cfg,
-                                                                                  args.batch_size)))
+    recipes = {name: lowprec.recipes.get(name, backend=args.backend) for name in lowprec.recipes.names()}
+    medians = step_times(recipes, args.steps, corpus, cfg, args.batch_size)
+    rows = [dict(recipe=name, backend=args.backend, step_ms=1e3 * t) for name, t in medians.items()]
     base = next(r["step_ms"] for r in rows if r["recipe"] == "bf16")
     for r in rows:
         r["over_bf16"] = r["step_ms"] / base
@@ -58,7 +71,7 @@ def main():
         from torch.profiler import ProfilerActivity, profile
         recipe = lowprec.recipes.get(args.profile, backend=args.backend)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step_time(recipe, 3, corpus, cfg, args.batch_size)
+            step_times({args.profile: recipe}, 3, corpus, cfg, args.batch_size)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
