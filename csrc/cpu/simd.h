@@ -16,6 +16,7 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 #define LOWPREC_INLINE inline __attribute__((always_inline))
 
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && defined(__linux__)
+#define LOWPREC_X86_CLONES 1
 #define LOWPREC_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LOWPREC_ISA_CLONES

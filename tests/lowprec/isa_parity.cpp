@@ -86,12 +86,21 @@ static int check_philox() {
   const uint64_t counters[] = {0, 1, 0xFFFFFFF8ull, 0x1FFFFFFF5ull, 0xFFFFFFFFFFFFFFF9ull, 123456789ull};
   for (uint64_t first : counters) {
     const uint64_t seed = (static_cast<uint64_t>(next_u32()) << 32) | next_u32();
-    uint8_t got[256];
-    philox_256_bytes(seed, first, got);
-    for (int c = 0; c < 16; ++c) {
-      const Uint4x32 r = randint4x(seed, first + c);
-      if (memcmp(got + 16 * c, r.w, 16) != 0) return fail("philox", c);
-      ++checks;
+    uint8_t got[3][256];
+    philox_256_bytes_generic(seed, first, got[0]);
+    philox_256_bytes(seed, first, got[1]);   // dispatched: AVX-512 intrinsics where the CPU has them
+#if defined(LOWPREC_X86_CLONES)
+    const int variants = __builtin_cpu_supports("avx512f") ? 3 : 2;
+    if (variants == 3) philox_256_bytes_avx512(seed, first, got[2]);
+#else
+    const int variants = 2;
+#endif
+    for (int v = 0; v < variants; ++v) {
+      for (int c = 0; c < 16; ++c) {
+        const Uint4x32 r = randint4x(seed, first + c);
+        if (memcmp(got[v] + 16 * c, r.w, 16) != 0) return fail("philox", v * 100 + c);
+        ++checks;
+      }
     }
   }
   return 0;
