@@ -120,52 +120,45 @@ inline std::pair<int64_t, int64_t> scale_slots(const PanelGeometry& g, int64_t b
 }
 
 // Scales of the panel's column groups from their amaxes (sc.group_amax -> sc.group_s), stored
-// at slot.first + q * slot.second. Minifloat scales go 16 groups at a time through the element
-// encoder (scale_code in formats.h: (amax / elem_max) * S_enc rounded onto the scale grid, the
-// value divided by S_enc); non-finite amaxes and the other scale kinds take the scalar path.
+// at slot.first + q * slot.second, 16 groups at a time where the scale kind has a vector form:
+//   e8m0 floor: shared exponent floor(log2 a) - emax_elem (a = amax, times S_enc with a tensor
+//     scale) clamped to [-127, 127], a = 0 giving -127; floor(log2 a) is the exponent field of
+//     a normal a, and the value of code c >= 1 is 2^(c - 127) (code 0: the table's 2^-127);
+//   minifloat: (amax / elem_max) * S_enc through the element encoder (scale_code in formats.h).
+// Lanes outside the vector form (non-finite amaxes, e8m0 subnormal ones), the other kinds and
+// rules, and the last < 16 groups take the scalar block_scale.
 LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_groups, std::pair<int64_t, int64_t> slot) {
   float* gamax = sc.group_amax.data();
   float* gs = sc.group_s.data();
+  const bool e8m0 = j.fmt.scale_kind == kE8M0 && j.fmt.rule == kFloor;
+  const bool minifloat = j.fmt.scale_kind == kMinifloatScale;
+  const ElementCoder scoder(minifloat ? j.fmt.scale : Minifloat{});
+  const vi emax = splat_i(j.fmt.elem_emax + 127);
   int64_t q = 0;
-  if (j.fmt.scale_kind == kE8M0 && j.fmt.rule == kFloor) {
-    // shared exponent floor(log2 a) - emax_elem (a = amax, times S_enc with a tensor scale),
-    // clamped to [-127, 127]; a = 0 gives -127. floor(log2 a) is the exponent field of a
-    // normal a; subnormal and non-finite amaxes take the scalar path.
-    const vi emax = splat_i(j.fmt.elem_emax + 127);
-    for (; q + W <= n_groups; q += W) {
-      vf a = load(gamax + q);
-      if (j.fmt.tensor_scale) a = a * j.s_enc;
+  for (; (e8m0 || minifloat) && q + W <= n_groups; q += W) {
+    const vf amax = load(gamax + q);
+    vi code, scalar;
+    vf value;
+    if (e8m0) {
+      const vf a = j.fmt.tensor_scale ? amax * j.s_enc : amax;
       const vi field = as_i(a) >> 23;   // a >= 0
-      vi shared = field - emax;
-      shared = (as_i(a) == 0) ? splat_i(-127) : shared;
+      vi shared = (as_i(a) == 0) ? splat_i(-127) : field - emax;
       shared = (shared < -127) ? splat_i(-127) : shared;
       shared = (shared > 127) ? splat_i(127) : shared;
-      const vi code = shared + 127;
-      for (int l = 0; l < W; ++l) {
-        const int64_t at = slot.first + (q + l) * slot.second;
-        if ((field[l] == 0 && as_i(a)[l] != 0) || field[l] == 255) {
-          gs[q + l] = block_scale(j, gamax[q + l], at);
-        } else {
-          if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
-          gs[q + l] = j.scale_table[code[l]] / j.s_enc;
-        }
-      }
+      code = shared + 127;
+      value = (code == 0) ? splat(j.scale_table[0]) : as_f(code << 23);
+      scalar = ((field == 0) & (as_i(a) != 0)) | (field == 255);
+    } else {
+      const vf hp = (amax / j.fmt.elem.max) * j.s_enc;
+      code = j.fmt.scale_rounding == kUp ? encode<kUp>(hp, scoder, splat_i(0), &value)
+                                         : encode<kNearest>(hp, scoder, splat_i(0), &value);
+      scalar = (abs_bits(amax) >= 0x7F800000);   // Inf or NaN
     }
-  } else if (j.fmt.scale_kind == kMinifloatScale) {
-    const ElementCoder scoder(j.fmt.scale);
-    const float elem_max = j.fmt.elem.max, s_enc = j.s_enc;
-    const bool up = j.fmt.scale_rounding == kUp;
-    for (; q + W <= n_groups; q += W) {
-      const vf amax = load(gamax + q);
-      const vf hp = (amax / elem_max) * s_enc;
-      vf v;
-      const vi code = up ? encode<kUp>(hp, scoder, splat_i(0), &v) : encode<kNearest>(hp, scoder, splat_i(0), &v);
-      store(gs + q, v / s_enc);
-      for (int l = 0; l < W; ++l) {
-        const int64_t at = slot.first + (q + l) * slot.second;
-        if (!std::isfinite(amax[l])) gs[q + l] = block_scale(j, amax[l], at);
-        else if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
-      }
+    store(gs + q, value / j.s_enc);
+    for (int l = 0; l < W; ++l) {
+      const int64_t at = slot.first + (q + l) * slot.second;
+      if (scalar[l]) gs[q + l] = block_scale(j, gamax[q + l], at);
+      else if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
     }
   }
   for (; q < n_groups; ++q) gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
@@ -348,10 +341,12 @@ LOWPREC_INLINE void run_item_as(const QuantJob& j, Scratch& sc, int64_t item) {
       const int64_t srow = b * (g.mode == kRows ? g.M : g.padded_M()) + m0 + i;
       dst = j.codes + srow * (j.packed ? g.stored_cols() / 2 : g.stored_cols()) + (j.packed ? n0 / 2 : n0);
     }
-    code_row<Mode, Fake>(j, sc, i, rand, sc.out.data(), dst, width);
+    const int64_t o = (b * g.M + m0 + i) * g.N + n0;   // x's flat index of the row's first column
+    // x_hat straight into the output when the row segment covers whole vectors, else via scratch
+    float* out_row = (Fake && cols == g.ld) ? j.x_hat + o : sc.out.data();
+    code_row<Mode, Fake>(j, sc, i, rand, out_row, dst, width);
     if constexpr (Fake) {
-      const int64_t o = (b * g.M + m0 + i) * g.N + n0;
-      memcpy(j.x_hat + o, sc.out.data(), cols * sizeof(float));
+      if (out_row != j.x_hat + o) memcpy(j.x_hat + o, out_row, cols * sizeof(float));
       if (j.s_eff_out) {
         memcpy(j.s_eff_out + o, sc.s.data(), cols * sizeof(float));
         memcpy(j.amax_out + o, sc.amax.data(), cols * sizeof(float));
