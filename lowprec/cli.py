@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     from . import diagnose
     p_diag = sub.add_parser("diagnose", help="per-layer SQNR of a recipe's operands and GEMMs, worst layers first")
     diagnose.add_arguments(p_diag)
+    from .bench import report
+    p_bench = sub.add_parser("bench", help="print the recorded benchmark results (benchmarks/results) as tables")
+    report.add_arguments(p_bench)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
@@ -45,6 +48,8 @@ def main(argv=None) -> int:
             optimizer_sim.run(args)
         else:
             simulate.run(args)
+    elif args.command == "bench":
+        return report.run(args)
     elif args.command == "diagnose":
         diagnose.run(args)
     elif args.command == "backends":

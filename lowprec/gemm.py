@@ -23,11 +23,14 @@ def check_operands(a: QuantizedTensor, b: QuantizedTensor) -> None:
 
 
 @ops.register("qgemm", "reference")
-def qgemm_reference(a: QuantizedTensor, b: QuantizedTensor) -> torch.Tensor:
+def qgemm_reference(a: QuantizedTensor, b: QuantizedTensor, tiles=None) -> torch.Tensor:
+    """``tiles`` is a kernel tuning knob of the fast backends; one matmul has none."""
     check_operands(a, b)
     return dequantize(a, torch.float32) @ dequantize(b, torch.float32).t()
 
 
-def qgemm(a: QuantizedTensor, b: QuantizedTensor, backend: str = "auto") -> torch.Tensor:
-    """fp32 C = A_hat @ B_hat^T (A: activations (M, K), B: weights (N, K))."""
-    return ops.resolve("qgemm", backend, a.device)(a, b)
+def qgemm(a: QuantizedTensor, b: QuantizedTensor, backend: str = "auto", tiles=None) -> torch.Tensor:
+    """fp32 C = A_hat @ B_hat^T (A: activations (M, K), B: weights (N, K)).  ``tiles`` =
+    (BM, BN, BK) fixes a kernel's tile shape (default: the backend's choice or autotuning);
+    it never changes which products are summed, only their order."""
+    return ops.resolve("qgemm", backend, a.device)(a, b, tiles=tiles)

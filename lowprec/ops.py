@@ -82,14 +82,19 @@ def resolve(op: str, backend: str = "auto", device=None) -> Callable:
     return fn
 
 
+def auto_backend(op: str, device=None) -> str:
+    """The backend ``backend="auto"`` picks for ``op`` on ``device``: the first available one
+    in the device's AUTO_ORDER that implements the op."""
+    dev = torch.device(device).type if device is not None else "cpu"
+    for b in AUTO_ORDER.get(dev, ("reference",)):
+        if backend_status(b)[0] and b in _TABLE.get(op, {}):
+            return b
+    raise BackendUnavailable(f"no backend implements {op!r} on {dev}")
+
+
 def _resolve(op: str, backend: str, device) -> Callable:
     if backend == "auto":
-        dev = torch.device(device).type if device is not None else "cpu"
-        order = AUTO_ORDER.get(dev, ("reference",))
-        for b in order:
-            if backend_status(b)[0] and b in _TABLE.get(op, {}):
-                return _TABLE[op][b]
-        raise BackendUnavailable(f"no backend implements {op!r} on {dev}")
+        return _TABLE[op][auto_backend(op, device)]
     ok, why = backend_status(backend)
     if not ok:
         raise BackendUnavailable(f"backend {backend!r} is not available: {why}")

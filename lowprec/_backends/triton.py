@@ -85,36 +85,44 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
 
 
 from ..gemm import check_operands  # noqa: E402
-from ..triton.gemm import fp4_gemm_kernel  # noqa: E402
+from ..triton.gemm import fp4_gemm_kernel, tuned_kernel  # noqa: E402
 
 
 @ops.register("qgemm", "triton")
-def qgemm(a: QuantizedTensor, b: QuantizedTensor, block_m: int = 32, block_n: int = 32, block_k: int = 64) -> torch.Tensor:
+def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None) -> torch.Tensor:
     """FP4 GEMM from packed codes: needs E2M1 elements, the same block size on both operands,
-    and K a multiple of the K tile."""
+    and K a multiple of the K tile. ``tiles`` = (BM, BN, BK) fixes the tile shape; by default
+    a GPU autotunes it (GPU_TILES) and the interpreter uses (32, 32, 64)."""
     check_operands(a, b)
     if a.fmt.element.name != "e2m1" or b.fmt.element.name != "e2m1":
         raise ValueError("the Triton FP4 GEMM takes E2M1 operands")
     if a.fmt.block_size != b.fmt.block_size or a.fmt.scale.kind == "fp32" or b.fmt.scale.kind == "fp32":
         raise ValueError("the Triton FP4 GEMM needs the same block size on both operands and 8-bit scales")
     bs = a.fmt.block_size
-    m, k = a.shape
+    m, kp = a.shape[0], a.codes.shape[1] * 2        # K padded to the block size
     n = b.shape[0]
-    kp = a.codes.shape[1] * 2                       # K padded to the block size
-    bk = max(block_k, bs)
-    if kp % bk:
-        raise ValueError(f"K (padded to {kp}) must be a multiple of the K tile {bk}")
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
     inv = 1.0
     if a.tensor_scale is not None:
         inv /= float(a.tensor_scale)
     if b.tensor_scale is not None:
         inv /= float(b.tensor_scale)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    fp4_gemm_kernel[grid](a.codes, a.scales, b.codes, b.scales, a.fmt.scale.table(a.device), b.fmt.scale.table(b.device),
-                          c, m, n, kp, inv, a.codes.stride(0), a.scales.stride(0), b.codes.stride(0), b.scales.stride(0),
-                          c.stride(0), BM=block_m, BN=block_n, BK=bk, BS=bs,
-                          DOT_BF16=os.environ.get("TRITON_INTERPRET") != "1")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    args = (a.codes, a.scales, b.codes, b.scales, a.fmt.scale.table(a.device), b.fmt.scale.table(b.device),
+            c, m, n, kp, inv, a.codes.stride(0), a.scales.stride(0), b.codes.stride(0), b.scales.stride(0), c.stride(0))
+    tuned = None if (tiles is not None or interpreted) else tuned_kernel(bs, kp)
+    if tuned is not None:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
+        tuned[grid](*args, BS=bs, DOT_BF16=True)
+        return c
+    bm, bn, bk = tiles or (32, 32, 64)
+    bk = max(bk, bs)
+    if kp % bk or bk % bs:
+        raise ValueError(f"K (padded to {kp}) must be a multiple of the K tile {bk}, itself a multiple of "
+                         f"the block size {bs}")
+    fp4_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](*args, BM=bm, BN=bn, BK=bk, BS=bs, GROUP_M=8,
+                                                                DOT_BF16=not interpreted)
     return c
 
 

@@ -34,6 +34,35 @@ def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
+def time_device(fn: Callable[[], object], device: str, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median and min time (seconds) of ``fn()``: between CUDA events on a GPU (the kernel
+    time, launch overlap included), else wall time as :func:`time_fn`."""
+    if not str(device).startswith("cuda"):
+        return time_fn(fn, repeats=repeats, warmup=warmup, device=str(device))
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def copy_bandwidth(device: str, nbytes: int, repeats: int = 20) -> dict:
+    """Device-to-device copy bandwidth: GB/s = (bytes read + bytes written) / time of
+    ``dst.copy_(src)`` on ``nbytes`` of fp32, the roof a memory-bound kernel is held to."""
+    src = torch.rand(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    t = time_device(lambda: dst.copy_(src), device, repeats=repeats)
+    return {"bytes": 2 * src.nbytes, "median_s": t["median_s"], "gb_s": 2 * src.nbytes / t["median_s"] / 1e9,
+            "best_gb_s": 2 * src.nbytes / t["min_s"] / 1e9}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -56,10 +85,13 @@ def _commit() -> str:
 
 
 def environment(device: str = "cpu") -> dict:
-    env = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+    env = {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else _cpu_name(),
            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
            "python": platform.python_version(), "commit": _commit(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if str(device).startswith("cuda"):
+        env["cuda"] = torch.version.cuda
+        env["capability"] = "sm_%d%d" % torch.cuda.get_device_capability()
     try:
         import triton
         env["triton"] = triton.__version__
@@ -68,8 +100,14 @@ def environment(device: str = "cpu") -> dict:
     return env
 
 
+def results_dir(out_dir=None) -> Path:
+    """Where results live: ``out_dir``, else $LOWPREC_BENCH_DIR, else the checkout's
+    benchmarks/results."""
+    return Path(out_dir or os.environ.get("LOWPREC_BENCH_DIR", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
+
+
 def write_results(name: str, rows: list, device: str = "cpu", out_dir=None, extra=None) -> Path:
-    out_dir = Path(out_dir or os.environ.get("LOWPREC_BENCH_DIR", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
+    out_dir = results_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     payload = {"benchmark": name, "environment": environment(device), "rows": rows}

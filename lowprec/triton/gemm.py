@@ -49,9 +49,17 @@ def _load_tile(codes_ptr, scales_ptr, table_ptr, rows, k0, n_rows, K, stride_c, 
 def fp4_gemm_kernel(a_codes, a_scales, b_codes, b_scales, table_a, table_b, c_ptr, M, N, K, inv_tensor_scale,
                     stride_ac, stride_as, stride_bc, stride_bs, stride_cm,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr,
-                    DOT_BF16: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+                    GROUP_M: tl.constexpr, DOT_BF16: tl.constexpr):
+    """One BM x BN tile of C per program. Programs run in groups of GROUP_M tile rows, column
+    by column, so the A and B tiles a group reads stay in L2 (1-D grid)."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BM)
+    tiles_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -61,3 +69,22 @@ def fp4_gemm_kernel(a_codes, a_scales, b_codes, b_scales, table_a, table_b, c_pt
         acc += tl.dot(a, tl.trans(b), out_dtype=tl.float32)
     acc = acc * inv_tensor_scale
     tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc, mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+# Tile shapes tried by the autotuner on a GPU: (BM, BN, BK, warps, pipeline stages).
+GPU_TILES = ((128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+             (128, 64, 128, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4))
+_TUNED = {}
+
+
+def tuned_kernel(block_size: int, k_padded: int):
+    """fp4_gemm_kernel autotuned (per M, N, K) over the GPU_TILES whose K tile holds whole
+    scale blocks and divides K; None if no tile fits."""
+    tiles = tuple(t for t in GPU_TILES if t[2] % block_size == 0 and k_padded % t[2] == 0)
+    if not tiles:
+        return None
+    if tiles not in _TUNED:
+        configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+                   for bm, bn, bk, w, st in tiles]
+        _TUNED[tiles] = triton.autotune(configs=configs, key=["M", "N", "K"])(fp4_gemm_kernel)
+    return _TUNED[tiles]

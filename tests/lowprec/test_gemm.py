@@ -37,6 +37,18 @@ def test_fp4_gemm_within_bound(backend, fmt, m, n, k):
     check(got, qa, qb)
 
 
+@pytest.mark.skipif(not GEMM_BACKENDS, reason="no fast qgemm backend here (Triton needs a GPU or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("tiles", [(16, 16, 64), (64, 32, 128)])
+def test_fp4_gemm_tile_shapes_and_grouped_order(tiles):
+    """Explicit tiles, with more tile rows than one group of GROUP_M = 8 (and a ragged last
+    group), so the grouped program order must still cover every tile of C exactly once."""
+    qa, qb = operands("nvfp4", 300, 70, 256, seed=3)
+    got = lowprec.qgemm(qa, qb, backend="triton", tiles=tiles)
+    check(got, qa, qb)
+    with pytest.raises(ValueError, match="multiple of the K tile"):
+        lowprec.qgemm(qa, qb, backend="triton", tiles=(16, 16, 96))
+
+
 def test_reference_qgemm_is_dequantized_matmul():
     qa, qb = operands("nvfp4", 8, 16, 64)
     assert torch.equal(lowprec.qgemm(qa, qb, backend="reference"), qa.dequantize() @ qb.dequantize().t())

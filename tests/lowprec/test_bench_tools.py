@@ -1,0 +1,104 @@
+"""The benchmark tooling: the GPU benchmark scripts run end to end (on CPU tensors with Triton
+interpreted, tiny shapes: a smoke run, so they cannot rot unseen between GPU sessions), their
+JSON holds what the tables need, and `lowprec bench` prints recorded results."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowprec import ops
+from lowprec.bench.harness import copy_bandwidth, time_device
+from lowprec.cli import main as cli_main
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+needs_triton = pytest.mark.skipif(not ops.backend_status("triton")[0] or torch.cuda.is_available(),
+                                  reason="smoke runs need Triton on CPU tensors (TRITON_INTERPRET=1, no GPU); "
+                                         "with a GPU, run the scripts themselves")
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def result(folder, name):
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def test_time_device_and_copy_bandwidth_on_cpu():
+    t = time_device(lambda: torch.ones(8).sum(), "cpu", repeats=3, warmup=1)
+    assert 0 < t["min_s"] <= t["median_s"] and t["repeats"] == 3
+    c = copy_bandwidth("cpu", 1 << 20, repeats=2)
+    assert c["bytes"] == 2 << 20 and c["gb_s"] > 0
+
+
+@needs_triton
+def test_gpu_quantize_script_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
+    script("bench_gpu_quantize").main(["--device", "cpu", "--size", "32", "--repeats", "1", "--dtypes", "bf16",
+                                       "--formats", "nvfp4", "--roundings", "stochastic"])
+    out = result(tmp_path, "gpu_quantize")
+    assert out["smoke_run"] and out["copy_bandwidth"]["gb_s"] > 0
+    assert {r["op"] for r in out["rows"]} == {"quantize", "dequantize", "fake_quantize"}
+    q = next(r for r in out["rows"] if r["op"] == "quantize")
+    assert q["bytes"] == 32 * 32 * 2 + 32 * 32 // 2 + 32 * 32 // 16    # bf16 in; codes and scales out
+    assert "cuda" in out["notes"]                                      # no CUDA here: said, not hidden
+
+
+@needs_triton
+def test_gpu_hadamard_script_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
+    script("bench_gpu_hadamard").main(["--device", "cpu", "--size", "32", "--repeats", "1", "--sizes-n", "32",
+                                       "--formats", "mxfp4", "--roundings", "stochastic"])
+    out = result(tmp_path, "gpu_hadamard")
+    ops_seen = {(r["op"], r["impl"]) for r in out["rows"]}
+    assert ("hadamard_quantize", "lowprec-triton (fused)") in ops_seen and ("hadamard", "lowprec-cpp") in ops_seen
+    assert "fast-hadamard-transform" in out["notes"]
+
+
+@needs_triton
+def test_gpu_gemm_script_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
+    script("bench_gpu_gemm").main(["--device", "cpu", "--sizes", "64", "--repeats", "1", "--formats", "nvfp4"])
+    rows = result(tmp_path, "gpu_gemm")["rows"]
+    ours = next(r for r in rows if r["format"] == "nvfp4")
+    assert ours["tflops"] > 0 and ours["max_rel_err"] < 1e-5
+
+
+def test_gpu_scripts_refuse_cpu_without_the_interpreter(monkeypatch):
+    from lowprec.bench.gpu import bench_device
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="TRITON_INTERPRET"):
+            bench_device("auto")
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            bench_device("cuda")
+    with pytest.raises(ValueError, match="--device"):
+        bench_device("tpu")
+
+
+def test_lowprec_bench_prints_recorded_results(tmp_path, capsys):
+    rows = [{"impl": "a", "gb_s": 1234.5}, {"impl": "b", "gb_s": 0.5, "extra": True}]
+    (tmp_path / "demo_result.json").write_text(json.dumps(
+        {"benchmark": "demo_result", "environment": {"device": "X1", "commit": "abc"}, "rows": rows,
+         "notes": {"peer": "not installed"}}))
+    assert cli_main(["bench", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== demo_result (device X1, commit abc)" in out
+    assert "extra" in out.splitlines()[1] and "1234" in out and "note: peer: not installed" in out
+    with pytest.raises(SystemExit, match="no result named missing.*demo_result"):
+        cli_main(["bench", "missing", "--dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no benchmark results"):
+        cli_main(["bench", "--dir", str(tmp_path / "empty")])
+
+
+def test_auto_backend_names_the_pick():
+    expected = "cpp" if ops.backend_status("cpp")[0] else "reference"
+    assert ops.auto_backend("quantize", "cpu") == expected
+    with pytest.raises(ops.BackendUnavailable, match="no backend implements"):
+        ops.auto_backend("no_such_op", "cpu")
