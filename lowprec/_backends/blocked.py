@@ -18,6 +18,7 @@ F32 = torch.float32
 ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
 RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
 SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
+WIDENED_IN_KERNEL = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def format_params(fmt: QuantFormat):
@@ -38,12 +39,14 @@ class Prepared:
     """x in blocks, plus what a kernel needs besides the format."""
 
     def __init__(self, x: torch.Tensor, fmt, rounding: str, seed, offset: int, strict: bool, nan_policy: str,
-                 amax_tensor: Optional[torch.Tensor], random_bytes):
+                 amax_tensor: Optional[torch.Tensor], random_bytes, keep_dtype: bool = False):
+        """``keep_dtype``: leave bf16/fp16 blocks in their dtype, for a kernel that widens them
+        to fp32 as it loads (exact), instead of a cast pass here."""
         self.fmt = get_format(fmt)
         check_input(x, rounding, seed, nan_policy)
         self.x = x
         self.layout = make_layout(x.shape, self.fmt, strict)
-        xs = to_stored(x.to(F32), self.layout)
+        xs = to_stored(x if keep_dtype and x.dtype in WIDENED_IN_KERNEL else x.to(F32), self.layout)
         self.blocks = to_blocks(xs, self.layout).reshape(-1, self.fmt.block_size ** (2 if self.fmt.block_2d else 1))
         self.blocks = self.blocks.contiguous()
         self.block_grid = to_blocks(xs, self.layout).shape[:-1]
@@ -83,10 +86,20 @@ class Prepared:
         """[n_blocks] -> [n_blocks, block] broadcast, in x's shape."""
         return self.to_x_shape(t.unsqueeze(-1).expand(self.blocks.shape))
 
-    def quantized_tensor(self, codes: torch.Tensor, scales: torch.Tensor) -> QuantizedTensor:
-        c = self.unblock(codes)
-        if self.fmt.element.bits == 4:
-            c = pack_nibbles(c)
+    def packs_in_kernel(self) -> bool:
+        """4-bit codes of 1D blocks: a block is a run of the stored layout's last dim (even
+        length), so a kernel can pack its code pairs itself, as ``pack_nibbles`` would."""
+        return self.fmt.element.bits == 4 and not self.fmt.block_2d
+
+    def quantized_tensor(self, codes: torch.Tensor, scales: torch.Tensor, packed: bool = False) -> QuantizedTensor:
+        """From kernel outputs: codes [n_blocks, block] (``packed``: [n_blocks, block / 2]
+        bytes, packed by the kernel, see ``packs_in_kernel``) and scales [n_blocks]."""
+        if packed:
+            c = codes.reshape(*self.layout.stored[:-1], self.layout.stored[-1] // 2)
+        else:
+            c = self.unblock(codes)
+            if self.fmt.element.bits == 4:
+                c = pack_nibbles(c)
         return QuantizedTensor(c.contiguous(), scales.reshape(self.block_grid).contiguous(),
                                self.s_enc if self.fmt.tensor_scale else None, self.fmt, self.x.shape,
                                self.x.dtype, self.layout.axis)

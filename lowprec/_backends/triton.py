@@ -7,7 +7,8 @@ import torch
 
 from .. import ops
 from ..tensor import QuantizedTensor
-from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, scale_table
+from ..reference.blocking import from_stored, make_layout
+from .blocked import ROUNDING_IDS, SCALE_KIND_IDS, Prepared, dequantize_with, format_params, scale_table
 
 try:
     import triton
@@ -19,7 +20,12 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from ..triton.quantize import _block_kernel, _dequant_kernel  # noqa: E402
 
-ROWS = 16
+ELEMENTS_PER_PROGRAM = 4096
+
+
+def rows_per_program(bs_p2: int) -> int:
+    """Blocks per program: about ELEMENTS_PER_PROGRAM elements, 16 to 256 blocks."""
+    return max(16, min(256, ELEMENTS_PER_PROGRAM // bs_p2))
 
 
 def _random_bytes(seed, offset, numel, device):
@@ -28,31 +34,35 @@ def _random_bytes(seed, offset, numel, device):
 
 
 def _run(p: Prepared, write_codes: bool, write_xhat: bool):
+    """One kernel pass; 4-bit codes of 1D blocks come back packed (``p.packs_in_kernel``)."""
     xb = p.blocks
     n, bs = xb.shape
     ints, floats = format_params(p.fmt)
     dev = xb.device
-    codes = torch.empty(xb.shape, dtype=torch.uint8, device=dev) if write_codes else xb.new_empty(0, dtype=torch.uint8)
+    pack = write_codes and p.packs_in_kernel()
+    codes = torch.empty(n, bs // 2 if pack else bs, dtype=torch.uint8, device=dev) if write_codes \
+        else xb.new_empty(0, dtype=torch.uint8)
     scales = torch.empty(n, dtype=torch.float32 if ints[5] == 2 else torch.uint8, device=dev) if write_codes \
         else xb.new_empty(0, dtype=torch.uint8)
-    xhat = torch.empty_like(xb) if write_xhat else xb.new_empty(0)
-    amax = torch.empty(n, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0)
+    xhat = torch.empty(xb.shape, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0, dtype=torch.float32)
+    amax = torch.empty(n, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0, dtype=torch.float32)
     s_eff = torch.empty(n, dtype=torch.float32, device=dev)
     rand = p.rand if p.rand is not None else xb.new_empty(0, dtype=torch.uint8)
     bs_p2 = triton.next_power_of_2(bs)
-    _block_kernel[(triton.cdiv(n, ROWS),)](
+    rows = rows_per_program(bs_p2)
+    _block_kernel[(triton.cdiv(n, rows),)](
         xb, rand, scale_table(p.fmt, dev), codes, scales, xhat, s_eff, amax,
         n, float(p.s_enc), p.seed, p.offset,
-        BS=bs, BS_P2=bs_p2, ROWS=ROWS,
+        BS=bs, BS_P2=bs_p2, ROWS=rows,
         E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0), E_EMAX=ints[4],
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
-        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat)
+        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack)
     return codes, scales, xhat, s_eff, amax
 
 
 def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor) -> Prepared:
-    return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes)
+    return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes, keep_dtype=True)
 
 
 @ops.register("quantize", "triton")
@@ -60,7 +70,7 @@ def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=Fal
              amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
     p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor)
     codes, scales, _, _, _ = _run(p, True, False)
-    return p.quantized_tensor(codes, scales)
+    return p.quantized_tensor(codes, scales, packed=p.packs_in_kernel())
 
 
 @ops.register("fake_quantize", "triton")
@@ -75,13 +85,32 @@ def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, n
 
 @ops.register("dequantize", "triton")
 def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
-    def kernel(codes, s_eff, table):
-        out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
-        bs = codes.shape[1]
-        _dequant_kernel[(triton.cdiv(codes.shape[0], ROWS),)](codes, s_eff, table, out, codes.shape[0], BS=bs,
-                                                              BS_P2=triton.next_power_of_2(bs), ROWS=ROWS)
-        return out
-    return dequantize_with(q, kernel, dtype)
+    """1D blocks: one kernel from the stored (packed) codes and scale codes to ``dtype``;
+    2D blocks, whose codes are packed across block rows, go through ``dequantize_with``."""
+    dtype = dtype or q.dtype
+    table_e = q.fmt.element.table(q.device)
+    if q.fmt.block_2d or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        def kernel(codes, s_eff, table):
+            out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+            _launch_dequant(codes, s_eff, table, table, out, False, 2, None)
+            return out
+        return dequantize_with(q, kernel, dtype)
+    layout = make_layout(q.shape, q.fmt)
+    bs = q.fmt.block_size
+    out = torch.empty(layout.stored, dtype=dtype, device=q.device)
+    _launch_dequant(q.codes.reshape(-1, bs // 2 if q.packed else bs), q.scales.reshape(-1), scale_table(q.fmt, q.device),
+                    table_e, out.view(-1, bs), q.packed, SCALE_KIND_IDS[q.fmt.scale.kind], q.tensor_scale)
+    return from_stored(out, layout)
+
+
+def _launch_dequant(codes, scales, table_s, table_e, out, packed, s_kind, tensor_scale):
+    n, bs = out.shape
+    bs_p2 = triton.next_power_of_2(bs)
+    rows = rows_per_program(bs_p2)
+    _dequant_kernel[(triton.cdiv(n, rows),)](codes, scales.contiguous(), table_s, table_e, out, n,
+                                             1.0 if tensor_scale is None else float(tensor_scale),
+                                             BS=bs, BS_P2=bs_p2, ROWS=rows, PACKED=packed, S_KIND=s_kind,
+                                             TENSOR_SCALE=tensor_scale is not None)
 
 
 from ..gemm import check_operands  # noqa: E402
@@ -129,7 +158,6 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
 from ..formats import get_format  # noqa: E402
 from ..reference.hadamard import random_signs, sylvester  # noqa: E402
 from ..reference.scales import tensor_encode_scale  # noqa: E402
-from ..tensor import pack_nibbles  # noqa: E402
 from ..triton.hadamard_quantize import hadamard_quantize_kernel  # noqa: E402
 
 
@@ -145,7 +173,7 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
         raise ValueError("hadamard_quantize needs n in (16, 32, 64, 128), 1D blocks dividing n, and 8-bit scales")
     if rounding not in ROUNDING_IDS:
         raise ValueError(f"unknown rounding {rounding!r}")
-    xf = x.to(torch.float32).contiguous()
+    xf = (x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.to(torch.float32)).contiguous()
     R, C = xf.shape
     s = random_signs(hadamard_seed, n, device=x.device) if hadamard_seed is not None else torch.ones(n, device=x.device)
     m = (torch.diag(s.double()) @ sylvester(n, device=x.device)).to(torch.float32).contiguous()
@@ -153,16 +181,17 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
     consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
-                  ROUNDING=ROUNDING_IDS[rounding])
+                  ROUNDING=ROUNDING_IDS[rounding], PACK=fmt.element.bits == 4)
+    packed = fmt.element.bits == 4
     grid = (R // n, C // n)
     dev = x.device
     table = scale_table(fmt, dev)
-    row_codes = torch.empty(R, C, dtype=torch.uint8, device=dev)
-    col_codes = torch.empty(C, R, dtype=torch.uint8, device=dev)
+    row_codes = torch.empty(R, C // 2 if packed else C, dtype=torch.uint8, device=dev)
+    col_codes = torch.empty(C, R // 2 if packed else R, dtype=torch.uint8, device=dev)
     row_scales = torch.empty(R, C // fmt.block_size, dtype=torch.uint8, device=dev)
     col_scales = torch.empty(C, R // fmt.block_size, dtype=torch.uint8, device=dev)
-    row_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0)
-    col_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0)
+    row_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
+    col_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
     s_row = s_col = torch.ones((), dtype=torch.float32, device=dev)
     if fmt.tensor_scale:
         amax = torch.empty(2 * grid[0] * grid[1], dtype=torch.float32, device=dev)
@@ -175,10 +204,9 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
     hadamard_quantize_kernel[grid](xf, m, table, xf, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
                                    R, C, float(s_row), float(s_col), seed, offset_row, offset_col, N=n,
                                    BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, **consts)
-    packed = fmt.element.bits == 4
-    q_row = QuantizedTensor(pack_nibbles(row_codes) if packed else row_codes, row_scales,
+    q_row = QuantizedTensor(row_codes, row_scales,
                             s_row if fmt.tensor_scale else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
-    q_col = QuantizedTensor(pack_nibbles(col_codes) if packed else col_codes, col_scales,
+    q_col = QuantizedTensor(col_codes, col_scales,
                             s_col if fmt.tensor_scale else None, fmt.replace(axis=0), x.shape, x.dtype, 0)
     if return_transformed:
         return q_row, q_col, row_t, col_t

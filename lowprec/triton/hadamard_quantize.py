@@ -6,13 +6,27 @@ matrix M = diag(s) H_n (tensor cores on a GPU; fp32 "ieee" precision):
   col output  X_c = M X along R     (the wgrad operand: blocks along R, stored transposed)
 then quantizes each with the shared ``quantize_rows`` (blocks of BS | n).  Pass 0 only
 reduces the amax of both transforms (for tensor scales); pass 1 quantizes.  Stochastic
-bits follow each element's row-major index in the R x C tensor being quantized.
+bits follow each element's row-major index in the R x C tensor being quantized.  X may be
+fp32, bf16 or fp16 (widened as it loads); with PACK, 4-bit codes are stored two per byte
+(even index in the low nibble) along each output's block axis.
 """
 
 import triton
 import triton.language as tl
 
 from .quantize import _grid_code, quantize_rows
+
+
+@triton.jit
+def _store_codes(codes_ptr, index, code, NB: tl.constexpr, BS: tl.constexpr, PACK: tl.constexpr):
+    """Codes of [NB, BS] blocks at ``index`` (element positions, runs of BS contiguous); with
+    PACK at byte index // 2, two per byte."""
+    if PACK:
+        lo, hi = tl.split(tl.reshape(code, (NB, BS // 2, 2)))
+        even, _ = tl.split(tl.reshape(index, (NB, BS // 2, 2)))
+        tl.store(codes_ptr + even // 2, (lo | (hi << 4)).to(tl.uint8))
+    else:
+        tl.store(codes_ptr + index, code.to(tl.uint8))
 
 
 @triton.jit
@@ -24,13 +38,13 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
                              E_NAN: tl.constexpr, E_EMAX: tl.constexpr,
                              S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
                              S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
-                             TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr):
+                             TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, PACK: tl.constexpr):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     r = pid_r * N + tl.arange(0, N)
     c = pid_c * N + tl.arange(0, N)
     idx = r[:, None].to(tl.int64) * C + c[None, :]
-    tile = tl.load(x_ptr + idx)
+    tile = tl.load(x_ptr + idx).to(tl.float32)
     k = tl.arange(0, N)
     m = tl.load(m_ptr + k[:, None] * N + k[None, :])
     row_t = tl.dot(tile, tl.trans(m), input_precision="ieee")          # X M^T
@@ -58,7 +72,7 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
             xr, ones, ones[:, None], ir, x_ptr, scale_table_ptr, s_enc_row, seed, offset_row,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
             S_ROUND, TENSOR_SCALE, ROUNDING, True)
-        tl.store(row_codes + ir, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True).to(tl.uint8))
+        _store_codes(row_codes, ir, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), NB, BS, PACK)
         blk_r = tl.reshape(r[:, None] * (C // BS) + (pid_c * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))
         tl.store(row_scales + blk_r, code.to(tl.uint8))
         # col output: transpose so that blocks (runs of BS along R) are rows; store as (C, R)
@@ -69,6 +83,6 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
             S_ROUND, TENSOR_SCALE, ROUNDING, True)
         out_c = tl.reshape(c[:, None].to(tl.int64) * R + r[None, :], (NB, BS))
-        tl.store(col_codes + out_c, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True).to(tl.uint8))
+        _store_codes(col_codes, out_c, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), NB, BS, PACK)
         blk_c = tl.reshape(c[:, None] * (R // BS) + (pid_r * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))
         tl.store(col_scales + blk_c, code.to(tl.uint8))

@@ -6,7 +6,9 @@ lowprec/reference operation for operation (bit-exact):
   x_s     = x / s_b (0 where s_b == 0), rounded on the element grid (nearest-even, stochastic
             with Philox byte R: up iff floor(256 frac) + R >= 256, or toward zero), saturated.
 
-Inputs are contiguous fp32 blocks [n_blocks, BS]; each program takes ROWS blocks.
+Inputs are contiguous blocks [n_blocks, BS] in fp32, bf16 or fp16 (widened to fp32 as they
+load, which is exact); each program takes ROWS blocks. With PACK, 4-bit codes leave the
+kernel two per byte (even index in the low nibble), [n_blocks, BS / 2].
 """
 
 import triton
@@ -167,20 +169,26 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
                   S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
                   S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                   TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
-                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr):
+                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
     row_ok = rows < n_blocks
     mask = row_ok[:, None] & (cols < BS)[None, :]
     idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
-    x = tl.load(x_ptr + idx, mask=mask, other=0.0)
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     v, code, dec, s, amax, sb = quantize_rows(
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
         E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG)
     if WRITE_CODES:
         c = _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True)
-        tl.store(codes_ptr + idx, c.to(tl.uint8), mask=mask)
+        if PACK:
+            lo, hi = tl.split(tl.reshape(c, (ROWS, BS_P2 // 2, 2)))
+            half = tl.arange(0, BS_P2 // 2)
+            pidx = rows[:, None].to(tl.int64) * (BS // 2) + half[None, :]
+            tl.store(codes_ptr + pidx, (lo | (hi << 4)).to(tl.uint8), mask=row_ok[:, None] & (half < BS // 2)[None, :])
+        else:
+            tl.store(codes_ptr + idx, c.to(tl.uint8), mask=mask)
         if S_KIND == 2:
             tl.store(scales_ptr + rows, dec, mask=row_ok)
         else:
@@ -192,15 +200,31 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
 
 
 @triton.jit
-def _dequant_kernel(codes_ptr, seff_ptr, table_ptr, out_ptr, n_blocks,
-                    BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr):
+def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_ptr, n_blocks, tensor_scale,
+                    BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr, PACKED: tl.constexpr,
+                    S_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
+    """out = value(code) * s_eff per block, s_eff = decode(scale code) [/ tensor scale]
+    (S_KIND 2: the scales are fp32 s_eff already). The fp32 product is cast to out's dtype
+    as it is stored (round to nearest even, as torch's .to())."""
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
     row_ok = rows < n_blocks
     mask = row_ok[:, None] & (cols < BS)[None, :]
     idx = rows[:, None].to(tl.int64) * BS + cols[None, :]
-    c = tl.load(codes_ptr + idx, mask=mask, other=0).to(tl.int32)
-    s = tl.load(seff_ptr + rows, mask=row_ok, other=0.0)
-    v = tl.load(table_ptr + c, mask=mask, other=0.0)
+    if PACKED:
+        half = tl.arange(0, BS_P2 // 2)
+        b = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (BS // 2) + half[None, :],
+                    mask=row_ok[:, None] & (half < BS // 2)[None, :], other=0).to(tl.int32)
+        c = tl.reshape(tl.join(b & 0xF, b >> 4), (ROWS, BS_P2))
+    else:
+        c = tl.load(codes_ptr + idx, mask=mask, other=0).to(tl.int32)
+    if S_KIND == 2:
+        s = tl.load(scales_ptr + rows, mask=row_ok, other=0.0)
+    else:
+        sc = tl.load(scales_ptr + rows, mask=row_ok, other=0).to(tl.int32)
+        s = tl.load(scale_table_ptr + sc, mask=row_ok, other=0.0)
+    if TENSOR_SCALE:
+        s = tl.math.div_rn(s, tensor_scale + tl.zeros_like(s))
+    v = tl.load(elem_table_ptr + c, mask=mask, other=0.0)
     tl.store(out_ptr + idx, v * s[:, None], mask=mask)

@@ -33,13 +33,14 @@ def test_cpp_random_bytes_bit_exact(seed, offset, numel):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "ue5m3", "mxfp8"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "ue5m3", "mxfp8", lowprec.MXFP4.replace(axis=0)], ids=str)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_gpu_quantize_bit_exact(fmt, rounding, backend):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_quantize_bit_exact(fmt, rounding, backend, dtype):
     from lowprec.reference import dequantize as ref_deq
     from lowprec.reference import quantize as ref_q
-    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(0)).to(dtype)
     x[3, 7] = float("nan")
     q = lowprec.quantize(x.cuda(), fmt, rounding=rounding, seed=5, offset=1 << 33, backend=backend)
     r = ref_q(x, fmt, rounding=rounding, seed=5, offset=1 << 33)

@@ -50,6 +50,20 @@ def test_fused_hadamard_quantize(fmt, n, rounding):
     assert q_col.axis == 0 and q_col.codes.shape == (3 * n, n)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8"])
+def test_fused_hadamard_quantize_low_precision_input(dtype, fmt):
+    """bf16/fp16 X is widened as it loads: the same codes as its exact fp32 copy, and the
+    packed 4-bit codes as pack_nibbles of the unpacked ones."""
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)).to(dtype)
+    hq = ops.resolve("hadamard_quantize", "triton")
+    got = hq(x, 32, fmt, "stochastic", seed=4, hadamard_seed=2)
+    want = hq(x.float(), 32, fmt, "stochastic", seed=4, hadamard_seed=2)
+    for g, w in zip(got, want):
+        assert torch.equal(g.codes, w.codes) and torch.equal(g.scales, w.scales) and g.dtype == dtype
+    assert got[0].codes.shape == ((64, 48) if fmt == "nvfp4" else (64, 96))
+
+
 def test_fused_hadamard_quantize_errors():
     hq = ops.resolve("hadamard_quantize", "triton")
     with pytest.raises(ValueError, match="multiples of 16"):
