@@ -46,7 +46,7 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         else xb.new_empty(0, dtype=torch.uint8)
     xhat = torch.empty(xb.shape, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0, dtype=torch.float32)
     amax = torch.empty(n, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0, dtype=torch.float32)
-    s_eff = torch.empty(n, dtype=torch.float32, device=dev)
+    s_eff = torch.empty(n, dtype=torch.float32, device=dev) if write_xhat else xb.new_empty(0, dtype=torch.float32)
     rand = p.rand if p.rand is not None else xb.new_empty(0, dtype=torch.uint8)
     bs_p2 = triton.next_power_of_2(bs)
     rows = rows_per_program(bs_p2)

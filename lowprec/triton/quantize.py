@@ -196,7 +196,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
     if WRITE_XHAT:
         tl.store(xhat_ptr + idx, v * sb, mask=mask)
         tl.store(amax_ptr + rows, amax, mask=row_ok)
-    tl.store(seff_ptr + rows, s, mask=row_ok)
+        tl.store(seff_ptr + rows, s, mask=row_ok)
 
 
 @triton.jit
