@@ -57,7 +57,8 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0), E_EMAX=ints[4],
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
-        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack)
+        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack,
+        enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
     return codes, scales, xhat, s_eff, amax
 
 
@@ -110,7 +111,7 @@ def _launch_dequant(codes, scales, table_s, table_e, out, packed, s_kind, tensor
     _dequant_kernel[(triton.cdiv(n, rows),)](codes, scales.contiguous(), table_s, table_e, out, n,
                                              1.0 if tensor_scale is None else float(tensor_scale),
                                              BS=bs, BS_P2=bs_p2, ROWS=rows, PACKED=packed, S_KIND=s_kind,
-                                             TENSOR_SCALE=tensor_scale is not None)
+                                             TENSOR_SCALE=tensor_scale is not None, enable_fp_fusion=False)
 
 
 from ..gemm import check_operands  # noqa: E402
@@ -119,9 +120,9 @@ from ..triton.gemm import fp4_gemm_kernel, tuned_kernel  # noqa: E402
 
 @ops.register("qgemm", "triton")
 def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None) -> torch.Tensor:
-    """FP4 GEMM from packed codes: needs E2M1 elements, the same block size on both operands,
-    and K a multiple of the K tile. ``tiles`` = (BM, BN, BK) fixes the tile shape; by default
-    a GPU autotunes it (GPU_TILES) and the interpreter uses (32, 32, 64)."""
+    """FP4 GEMM from packed codes: needs E2M1 elements and the same block size on both
+    operands; a ragged last K tile is masked. ``tiles`` = (BM, BN, BK) fixes the tile shape;
+    by default a GPU autotunes it (GPU_TILES) and the interpreter uses (32, 32, 64)."""
     check_operands(a, b)
     if a.fmt.element.name != "e2m1" or b.fmt.element.name != "e2m1":
         raise ValueError("the Triton FP4 GEMM takes E2M1 operands")
@@ -139,7 +140,7 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     args = (a.codes, a.scales, b.codes, b.scales, a.fmt.scale.table(a.device), b.fmt.scale.table(b.device),
             c, m, n, kp, inv, a.codes.stride(0), a.scales.stride(0), b.codes.stride(0), b.scales.stride(0), c.stride(0))
-    tuned = None if (tiles is not None or interpreted) else tuned_kernel(bs, kp)
+    tuned = None if (tiles is not None or interpreted) else tuned_kernel(bs)
     if tuned is not None:
         def grid(meta):
             return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
@@ -147,9 +148,8 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
         return c
     bm, bn, bk = tiles or (32, 32, 64)
     bk = max(bk, bs)
-    if kp % bk or bk % bs:
-        raise ValueError(f"K (padded to {kp}) must be a multiple of the K tile {bk}, itself a multiple of "
-                         f"the block size {bs}")
+    if bk % bs or bk & (bk - 1):
+        raise ValueError(f"the K tile {bk} must be a power of two holding whole blocks of {bs}")
     fp4_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](*args, BM=bm, BN=bn, BK=bk, BS=bs, GROUP_M=8,
                                                                 DOT_BF16=not interpreted)
     return c
@@ -197,13 +197,13 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
         amax = torch.empty(2 * grid[0] * grid[1], dtype=torch.float32, device=dev)
         hadamard_quantize_kernel[grid](xf, m, table, amax, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
                                        R, C, 1.0, 1.0, seed, offset_row, offset_col, N=n, BS=fmt.block_size, PASS=0,
-                                       WRITE_T=False, **consts)
+                                       WRITE_T=False, enable_fp_fusion=False, **consts)
         am = amax.reshape(-1, 2)
         s_row = tensor_encode_scale(am[:, 0].max() if not torch.isnan(am[:, 0]).any() else torch.tensor(float("nan")), fmt)
         s_col = tensor_encode_scale(am[:, 1].max() if not torch.isnan(am[:, 1]).any() else torch.tensor(float("nan")), fmt)
     hadamard_quantize_kernel[grid](xf, m, table, xf, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
                                    R, C, float(s_row), float(s_col), seed, offset_row, offset_col, N=n,
-                                   BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, **consts)
+                                   BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, enable_fp_fusion=False, **consts)
     q_row = QuantizedTensor(row_codes, row_scales,
                             s_row if fmt.tensor_scale else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
     q_col = QuantizedTensor(col_codes, col_scales,

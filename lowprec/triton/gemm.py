@@ -41,8 +41,10 @@ def _load_tile(codes_ptr, scales_ptr, table_ptr, rows, k0, n_rows, K, stride_c, 
     dec = tl.load(table_ptr + sc)
     vals = tl.reshape(tl.reshape(vals, (BR, BK // BS, BS)) * dec[:, :, None], (BR, BK))
     if DOT_BF16:
-        return vals.to(tl.bfloat16)
-    return vals
+        tile = vals.to(tl.bfloat16)
+    else:
+        tile = vals
+    return tile
 
 
 @triton.jit
@@ -77,10 +79,10 @@ GPU_TILES = ((128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), 
 _TUNED = {}
 
 
-def tuned_kernel(block_size: int, k_padded: int):
+def tuned_kernel(block_size: int):
     """fp4_gemm_kernel autotuned (per M, N, K) over the GPU_TILES whose K tile holds whole
-    scale blocks and divides K; None if no tile fits."""
-    tiles = tuple(t for t in GPU_TILES if t[2] % block_size == 0 and k_padded % t[2] == 0)
+    scale blocks; None if no tile fits."""
+    tiles = tuple(t for t in GPU_TILES if t[2] % block_size == 0)
     if not tiles:
         return None
     if tiles not in _TUNED:
