@@ -20,7 +20,9 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from ..triton.quantize import _block_kernel, _dequant_kernel  # noqa: E402
 
-ELEMENTS_PER_PROGRAM = 4096
+# 16 elements a thread at 4 warps: compiled for sm_80 and sm_90, every quantize specialization
+# of the tests then stays under 180 registers with no spills; at 4096 some hit 255 and spilled.
+ELEMENTS_PER_PROGRAM = 2048
 
 
 def rows_per_program(bs_p2: int) -> int:
