@@ -16,8 +16,8 @@ import contextlib
 import torch
 
 import lowprec
-from lowprec.bench.gpu import bench_device, run_note
-from lowprec.bench.harness import print_table, time_device, write_results
+from lowprec.bench.gpu import bench_device, finish
+from lowprec.bench.harness import time_device
 
 
 def tflops(m, n, k, seconds) -> float:
@@ -62,10 +62,8 @@ def main(argv=None):
     rows = []
     for size in args.sizes:
         rows.extend(bench_size(size, args.formats, device, args.repeats))
-    print_table(rows, ["impl", "format", "m", "median_ms", "tflops", "vs_cublas", "max_rel_err"])
-    path = write_results("gpu_gemm", rows, device=device, extra=run_note(device))
-    print(f"wrote {path}")
-    return rows
+    return finish("gpu_gemm", rows, ["impl", "format", "m", "median_ms", "tflops", "vs_cublas", "max_rel_err"],
+                  device, {})
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import argparse
 import torch
 
 import lowprec
-from lowprec.bench.gpu import bench_device, run_note
-from lowprec.bench.harness import copy_bandwidth, print_table, time_device, write_results
+from lowprec.bench.gpu import bench_device, finish, measure_copy
+from lowprec.bench.harness import time_device
 
 
 def fast_hadamard_transform():
@@ -85,8 +85,7 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     device = bench_device(args.device)
-    copy = copy_bandwidth(device, max(4 * args.size * args.size, 1 << 20), repeats=args.repeats)
-    print(f"device-to-device copy: {copy['gb_s']:.0f} GB/s (read + write)")
+    copy = measure_copy(device, args.size, args.repeats)
     x = torch.randn(args.size, args.size, device=device)
     notes = {}
     ok, why = lowprec.ops.backend_status("triton")
@@ -94,13 +93,8 @@ def main(argv=None):
     if not ok:
         notes["triton"] = f"fused Hadamard + quantize not measured: {why}"
     rows += transform_rows(x, args.sizes_n, device, args.repeats, copy["gb_s"], notes)
-    print_table(rows, ["op", "impl", "n", "format", "rounding", "median_ms", "gb_s", "frac_of_copy"])
-    for k, v in notes.items():
-        print(f"note: {k}: {v}")
-    path = write_results("gpu_hadamard", rows, device=device,
-                         extra={"copy_bandwidth": copy, "notes": notes, "size": args.size, **run_note(device)})
-    print(f"wrote {path}")
-    return rows
+    return finish("gpu_hadamard", rows, ["op", "impl", "n", "format", "rounding", "median_ms", "gb_s", "frac_of_copy"],
+                  device, notes, copy_bandwidth=copy, size=args.size)
 
 
 if __name__ == "__main__":

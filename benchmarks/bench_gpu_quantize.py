@@ -16,8 +16,8 @@ import argparse
 import torch
 
 import lowprec
-from lowprec.bench.gpu import bench_device, run_note
-from lowprec.bench.harness import copy_bandwidth, print_table, time_device, write_results
+from lowprec.bench.gpu import bench_device, finish, measure_copy
+from lowprec.bench.harness import time_device
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -57,8 +57,7 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     device = bench_device(args.device)
-    copy = copy_bandwidth(device, max(4 * args.size * args.size, 1 << 20), repeats=args.repeats)
-    print(f"device-to-device copy: {copy['gb_s']:.0f} GB/s (read + write)")
+    copy = measure_copy(device, args.size, args.repeats)
     rows, notes = [], {}
     for backend in args.backends:
         ok, why = lowprec.ops.backend_status(backend)
@@ -70,13 +69,8 @@ def main(argv=None):
             for fmt in args.formats:
                 for rounding in args.roundings:
                     rows.extend(measure(backend, fmt, rounding, x, device, args.repeats, copy["gb_s"]))
-    print_table(rows, ["backend", "op", "format", "rounding", "dtype", "median_ms", "gb_s", "frac_of_copy"])
-    for k, v in notes.items():
-        print(f"note: {k}: {v}")
-    path = write_results("gpu_quantize", rows, device=device,
-                         extra={"copy_bandwidth": copy, "notes": notes, "size": args.size, **run_note(device)})
-    print(f"wrote {path}")
-    return rows
+    return finish("gpu_quantize", rows, ["backend", "op", "format", "rounding", "dtype", "median_ms", "gb_s",
+                                         "frac_of_copy"], device, notes, copy_bandwidth=copy, size=args.size)
 
 
 if __name__ == "__main__":

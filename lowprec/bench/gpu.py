@@ -32,3 +32,22 @@ def run_note(device: str) -> dict:
         return {"smoke_run": True, "note": "CPU tensors with Triton interpreted: proves the script, "
                                            "the times are not kernel timings"}
     return {"smoke_run": False}
+
+
+def measure_copy(device: str, size: int, repeats: int) -> dict:
+    """The copy roof for a size x size fp32 working set (at least 1 MiB), printed."""
+    from .harness import copy_bandwidth
+    copy = copy_bandwidth(device, max(4 * size * size, 1 << 20), repeats=repeats)
+    print(f"device-to-device copy: {copy['gb_s']:.0f} GB/s (read + write)")
+    return copy
+
+
+def finish(name: str, rows: list, columns: list, device: str, notes: dict, **extra) -> list:
+    """Print the table and notes, write benchmarks/results/<name>.json, return the rows."""
+    from .harness import print_table, write_results
+    print_table(rows, columns)
+    for k, v in notes.items():
+        print(f"note: {k}: {v}")
+    path = write_results(name, rows, device=device, extra={"notes": notes, **extra, **run_note(device)})
+    print(f"wrote {path}")
+    return rows

@@ -26,8 +26,11 @@ def script(name):
     return module
 
 
-def result(folder, name):
-    return json.loads((folder / f"{name}.json").read_text())
+def smoke_run(name, result_name, tmp_path, monkeypatch, *args):
+    """Run benchmarks/<name>.py on CPU tensors into tmp_path; its JSON result."""
+    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
+    script(name).main(["--device", "cpu", "--repeats", "1", *args])
+    return json.loads((tmp_path / f"{result_name}.json").read_text())
 
 
 def test_time_device_and_copy_bandwidth_on_cpu():
@@ -39,10 +42,8 @@ def test_time_device_and_copy_bandwidth_on_cpu():
 
 @needs_triton
 def test_gpu_quantize_script_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
-    script("bench_gpu_quantize").main(["--device", "cpu", "--size", "32", "--repeats", "1", "--dtypes", "bf16",
-                                       "--formats", "nvfp4", "--roundings", "stochastic"])
-    out = result(tmp_path, "gpu_quantize")
+    out = smoke_run("bench_gpu_quantize", "gpu_quantize", tmp_path, monkeypatch, "--size", "32", "--dtypes", "bf16",
+                    "--formats", "nvfp4", "--roundings", "stochastic")
     assert out["smoke_run"] and out["copy_bandwidth"]["gb_s"] > 0
     assert {r["op"] for r in out["rows"]} == {"quantize", "dequantize", "fake_quantize"}
     q = next(r for r in out["rows"] if r["op"] == "quantize")
@@ -52,10 +53,8 @@ def test_gpu_quantize_script_smoke(tmp_path, monkeypatch):
 
 @needs_triton
 def test_gpu_hadamard_script_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
-    script("bench_gpu_hadamard").main(["--device", "cpu", "--size", "32", "--repeats", "1", "--sizes-n", "32",
-                                       "--formats", "mxfp4", "--roundings", "stochastic"])
-    out = result(tmp_path, "gpu_hadamard")
+    out = smoke_run("bench_gpu_hadamard", "gpu_hadamard", tmp_path, monkeypatch, "--size", "32", "--sizes-n", "32",
+                    "--formats", "mxfp4", "--roundings", "stochastic")
     ops_seen = {(r["op"], r["impl"]) for r in out["rows"]}
     assert ("hadamard_quantize", "lowprec-triton (fused)") in ops_seen and ("hadamard", "lowprec-cpp") in ops_seen
     assert "fast-hadamard-transform" in out["notes"]
@@ -63,9 +62,7 @@ def test_gpu_hadamard_script_smoke(tmp_path, monkeypatch):
 
 @needs_triton
 def test_gpu_gemm_script_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
-    script("bench_gpu_gemm").main(["--device", "cpu", "--sizes", "64", "--repeats", "1", "--formats", "nvfp4"])
-    rows = result(tmp_path, "gpu_gemm")["rows"]
+    rows = smoke_run("bench_gpu_gemm", "gpu_gemm", tmp_path, monkeypatch, "--sizes", "64", "--formats", "nvfp4")["rows"]
     ours = next(r for r in rows if r["format"] == "nvfp4")
     assert ours["tflops"] > 0 and ours["max_rel_err"] < 1e-5
 
