@@ -17,7 +17,7 @@ import torch
 
 import lowprec
 from lowprec.bench.gpu import bench_device, finish
-from lowprec.bench.harness import time_device
+from lowprec.bench.harness import time_fn
 
 
 def tflops(m, n, k, seconds) -> float:
@@ -31,13 +31,13 @@ def bench_size(size, formats, device, repeats) -> list:
     b = torch.randn(n, k, device=device, generator=g, dtype=torch.float32).to(torch.bfloat16)
     bf16_dtype = torch.bfloat16 if device == "cuda" else torch.float32    # CPU smoke run: fp32 matmul
     a_mm, b_mm = a.to(bf16_dtype), b.to(bf16_dtype)
-    t_ref = time_device(lambda: a_mm @ b_mm.t(), device, repeats=repeats)
+    t_ref = time_fn(lambda: a_mm @ b_mm.t(), repeats=repeats, warmup=3, device=device)
     peer = tflops(m, n, k, t_ref["median_s"])
     rows = [dict(impl="torch.matmul bf16 (cuBLAS)" if device == "cuda" else "torch.matmul (CPU smoke)",
                  format=None, m=m, n=n, k=k, median_ms=t_ref["median_s"] * 1e3, tflops=peer, vs_cublas=1.0)]
     for fmt in formats:
         qa, qb = lowprec.quantize(a, fmt), lowprec.quantize(b, fmt)
-        t = time_device(lambda: lowprec.qgemm(qa, qb, backend="triton"), device, repeats=repeats)
+        t = time_fn(lambda: lowprec.qgemm(qa, qb, backend="triton"), repeats=repeats, warmup=3, device=device)
         got = lowprec.qgemm(qa, qb, backend="triton")
         with torch.backends.cuda.matmul.flags(allow_tf32=False) if device == "cuda" else contextlib.nullcontext():
             exact = lowprec.dequantize(qa, torch.float32) @ lowprec.dequantize(qb, torch.float32).t()

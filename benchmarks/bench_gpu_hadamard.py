@@ -18,7 +18,7 @@ import torch
 
 import lowprec
 from lowprec.bench.gpu import bench_device, finish, measure_copy
-from lowprec.bench.harness import time_device
+from lowprec.bench.harness import time_fn
 
 
 def fast_hadamard_transform():
@@ -49,7 +49,7 @@ def fused_rows(x, ns, formats, roundings, device, repeats, copy_gbs) -> list:
                     return hq(x, n, fmt, rounding=rounding, seed=0, hadamard_seed=1)
                 q_row, q_col = fn()
                 nbytes = x.nbytes + sum(q.codes.nbytes + q.scales.nbytes for q in (q_row, q_col))
-                t = time_device(fn, device, repeats=repeats)
+                t = time_fn(fn, repeats=repeats, warmup=3, device=device)
                 frac = nbytes / t["median_s"] / 1e9 / copy_gbs
                 rows.append(row("hadamard_quantize", "lowprec-triton (fused)", n, fmt, rounding, x, nbytes, t,
                                 copy_gbs, meets_target=frac >= (0.7 if rounding == "stochastic" else 0.8)))
@@ -62,13 +62,13 @@ def transform_rows(x, ns, device, repeats, copy_gbs, notes) -> list:
     impl = f"lowprec-{lowprec.ops.auto_backend('hadamard', x.device)}"
     rows = []
     for n in ns:
-        t = time_device(lambda: lowprec.hadamard(x, n), device, repeats=repeats)
+        t = time_fn(lambda: lowprec.hadamard(x, n), repeats=repeats, warmup=3, device=device)
         ours = lowprec.hadamard(x, n)
         rows.append(row("hadamard", impl, n, None, None, x, 2 * x.nbytes, t, copy_gbs))
         if fht is None or device != "cuda":
             continue
         rows_n = x.reshape(-1, n)
-        t = time_device(lambda: fht(rows_n, n ** -0.5), device, repeats=repeats)
+        t = time_fn(lambda: fht(rows_n, n ** -0.5), repeats=repeats, warmup=3, device=device)
         diff = float((fht(rows_n, n ** -0.5).reshape(x.shape) - ours).abs().max())
         rows.append(row("hadamard", "fast-hadamard-transform", n, None, None, x, 2 * x.nbytes, t, copy_gbs,
                         max_abs_diff_vs_lowprec=diff))

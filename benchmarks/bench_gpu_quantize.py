@@ -17,7 +17,7 @@ import torch
 
 import lowprec
 from lowprec.bench.gpu import bench_device, finish, measure_copy
-from lowprec.bench.harness import time_device
+from lowprec.bench.harness import time_fn
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -38,7 +38,7 @@ def measure(backend, fmt, rounding, x, device, repeats, copy_gbs) -> list:
               2 * x.nbytes)]
     rows = []
     for op, fn, nbytes in cases:
-        t = time_device(fn, device, repeats=repeats)
+        t = time_fn(fn, repeats=repeats, warmup=3, device=device)
         gbs = nbytes / t["median_s"] / 1e9
         rows.append(dict(backend=backend, op=op, format=fmt, rounding=rounding, dtype=str(x.dtype).split(".")[-1],
                          shape=list(x.shape), bytes=nbytes, median_ms=t["median_s"] * 1e3, gb_s=gbs,

@@ -18,7 +18,7 @@ F32 = torch.float32
 ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
 RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
 SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
-WIDENED_IN_KERNEL = (torch.float32, torch.bfloat16, torch.float16)
+WIDENED_IN_KERNEL = (torch.float32, torch.bfloat16, torch.float16)   # dtypes a kernel loads and stores as they are
 
 
 def format_params(fmt: QuantFormat):

@@ -8,7 +8,8 @@ import torch
 from .. import ops
 from ..tensor import QuantizedTensor
 from ..reference.blocking import from_stored, make_layout
-from .blocked import ROUNDING_IDS, SCALE_KIND_IDS, Prepared, dequantize_with, format_params, scale_table
+from .blocked import (ROUNDING_IDS, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
+                      scale_table)
 
 try:
     import triton
@@ -91,8 +92,7 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
     """1D blocks: one kernel from the stored (packed) codes and scale codes to ``dtype``;
     2D blocks, whose codes are packed across block rows, go through ``dequantize_with``."""
     dtype = dtype or q.dtype
-    table_e = q.fmt.element.table(q.device)
-    if q.fmt.block_2d or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if q.fmt.block_2d or dtype not in WIDENED_IN_KERNEL:
         def kernel(codes, s_eff, table):
             out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
             _launch_dequant(codes, s_eff, table, table, out, False, 2, None)
@@ -102,7 +102,7 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
     bs = q.fmt.block_size
     out = torch.empty(layout.stored, dtype=dtype, device=q.device)
     _launch_dequant(q.codes.reshape(-1, bs // 2 if q.packed else bs), q.scales.reshape(-1), scale_table(q.fmt, q.device),
-                    table_e, out.view(-1, bs), q.packed, SCALE_KIND_IDS[q.fmt.scale.kind], q.tensor_scale)
+                    q.fmt.element.table(q.device), out.view(-1, bs), q.packed, SCALE_KIND_IDS[q.fmt.scale.kind], q.tensor_scale)
     return from_stored(out, layout)
 
 
@@ -131,6 +131,8 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
     if a.fmt.block_size != b.fmt.block_size or a.fmt.scale.kind == "fp32" or b.fmt.scale.kind == "fp32":
         raise ValueError("the Triton FP4 GEMM needs the same block size on both operands and 8-bit scales")
     bs = a.fmt.block_size
+    if bs & (bs - 1):
+        raise ValueError(f"the Triton FP4 GEMM needs a power-of-two block size (its tiles split K into blocks), got {bs}")
     m, kp = a.shape[0], a.codes.shape[1] * 2        # K padded to the block size
     n = b.shape[0]
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
@@ -142,11 +144,10 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     args = (a.codes, a.scales, b.codes, b.scales, a.fmt.scale.table(a.device), b.fmt.scale.table(b.device),
             c, m, n, kp, inv, a.codes.stride(0), a.scales.stride(0), b.codes.stride(0), b.scales.stride(0), c.stride(0))
-    tuned = None if (tiles is not None or interpreted) else tuned_kernel(bs)
-    if tuned is not None:
+    if tiles is None and not interpreted:
         def grid(meta):
             return (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
-        tuned[grid](*args, BS=bs, DOT_BF16=True)
+        tuned_kernel(bs)[grid](*args, BS=bs, DOT_BF16=True)
         return c
     bm, bn, bk = tiles or (32, 32, 64)
     bk = max(bk, bs)
@@ -175,16 +176,16 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
         raise ValueError("hadamard_quantize needs n in (16, 32, 64, 128), 1D blocks dividing n, and 8-bit scales")
     if rounding not in ROUNDING_IDS:
         raise ValueError(f"unknown rounding {rounding!r}")
-    xf = (x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.to(torch.float32)).contiguous()
+    xf = (x if x.dtype in WIDENED_IN_KERNEL else x.to(torch.float32)).contiguous()
     R, C = xf.shape
     s = random_signs(hadamard_seed, n, device=x.device) if hadamard_seed is not None else torch.ones(n, device=x.device)
     m = (torch.diag(s.double()) @ sylvester(n, device=x.device)).to(torch.float32).contiguous()
     ints, floats = format_params(fmt)
+    packed = fmt.element.bits == 4
     consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
-                  ROUNDING=ROUNDING_IDS[rounding], PACK=fmt.element.bits == 4)
-    packed = fmt.element.bits == 4
+                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed)
     grid = (R // n, C // n)
     dev = x.device
     table = scale_table(fmt, dev)

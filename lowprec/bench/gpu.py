@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from .harness import copy_bandwidth, print_table, write_results
+
 
 def bench_device(requested: str = "auto") -> str:
     """"cuda" when asked for or when a GPU is visible; "cpu" only as a smoke run (see above)."""
@@ -36,7 +38,6 @@ def run_note(device: str) -> dict:
 
 def measure_copy(device: str, size: int, repeats: int) -> dict:
     """The copy roof for a size x size fp32 working set (at least 1 MiB), printed."""
-    from .harness import copy_bandwidth
     copy = copy_bandwidth(device, max(4 * size * size, 1 << 20), repeats=repeats)
     print(f"device-to-device copy: {copy['gb_s']:.0f} GB/s (read + write)")
     return copy
@@ -44,7 +45,6 @@ def measure_copy(device: str, size: int, repeats: int) -> dict:
 
 def finish(name: str, rows: list, columns: list, device: str, notes: dict, **extra) -> list:
     """Print the table and notes, write benchmarks/results/<name>.json, return the rows."""
-    from .harness import print_table, write_results
     print_table(rows, columns)
     for k, v in notes.items():
         print(f"note: {k}: {v}")

@@ -16,40 +16,29 @@ import torch
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict:
-    """Median and min wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup``."""
+    """Median and min time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup``: wall
+    time on a CPU, the time between CUDA events on a GPU (the kernels, launch overlap included)."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
-
-
-def time_device(fn: Callable[[], object], device: str, repeats: int = 20, warmup: int = 3) -> dict:
-    """Median and min time (seconds) of ``fn()``: between CUDA events on a GPU (the kernel
-    time, launch overlap included), else wall time as :func:`time_fn`."""
-    if not str(device).startswith("cuda"):
-        return time_fn(fn, repeats=repeats, warmup=warmup, device=str(device))
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        if str(device).startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
@@ -58,7 +47,7 @@ def copy_bandwidth(device: str, nbytes: int, repeats: int = 20) -> dict:
     ``dst.copy_(src)`` on ``nbytes`` of fp32, the roof a memory-bound kernel is held to."""
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    t = time_device(lambda: dst.copy_(src), device, repeats=repeats)
+    t = time_fn(lambda: dst.copy_(src), repeats=repeats, warmup=3, device=device)
     return {"bytes": 2 * src.nbytes, "median_s": t["median_s"], "gb_s": 2 * src.nbytes / t["median_s"] / 1e9,
             "best_gb_s": 2 * src.nbytes / t["min_s"] / 1e9}
 

@@ -82,13 +82,11 @@ _TUNED = {}
 
 
 def tuned_kernel(block_size: int):
-    """fp4_gemm_kernel autotuned (per M, N, K) over the GPU_TILES whose K tile holds whole
-    scale blocks; None if no tile fits."""
-    tiles = tuple(t for t in GPU_TILES if t[2] % block_size == 0)
-    if not tiles:
-        return None
-    if tiles not in _TUNED:
+    """fp4_gemm_kernel autotuned (per M, N, K) over GPU_TILES, each K tile widened to at least
+    one scale block (block sizes are powers of two here, so a K tile holds whole blocks)."""
+    if block_size not in _TUNED:
+        shapes = dict.fromkeys((bm, bn, max(bk, block_size), w, st) for bm, bn, bk, w, st in GPU_TILES)
         configs = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
-                   for bm, bn, bk, w, st in tiles]
-        _TUNED[tiles] = triton.autotune(configs=configs, key=["M", "N", "K"])(fp4_gemm_kernel)
-    return _TUNED[tiles]
+                   for bm, bn, bk, w, st in shapes]
+        _TUNED[block_size] = triton.autotune(configs=configs, key=["M", "N", "K"])(fp4_gemm_kernel)
+    return _TUNED[block_size]

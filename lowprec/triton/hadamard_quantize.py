@@ -14,19 +14,7 @@ fp32, bf16 or fp16 (widened as it loads); with PACK, 4-bit codes are stored two 
 import triton
 import triton.language as tl
 
-from .quantize import _grid_code, quantize_rows
-
-
-@triton.jit
-def _store_codes(codes_ptr, index, code, NB: tl.constexpr, BS: tl.constexpr, PACK: tl.constexpr):
-    """Codes of [NB, BS] blocks at ``index`` (element positions, runs of BS contiguous); with
-    PACK at byte index // 2, two per byte."""
-    if PACK:
-        lo, hi = tl.split(tl.reshape(code, (NB, BS // 2, 2)))
-        even, _ = tl.split(tl.reshape(index, (NB, BS // 2, 2)))
-        tl.store(codes_ptr + even // 2, (lo | (hi << 4)).to(tl.uint8))
-    else:
-        tl.store(codes_ptr + index, code.to(tl.uint8))
+from .quantize import _grid_code, quantize_rows, store_codes
 
 
 @triton.jit
@@ -65,6 +53,7 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
             tl.store(col_t_ptr + idx, col_t)
         NB: tl.constexpr = N * (N // BS)
         ones = tl.full((NB,), 1, tl.int1)
+        whole = tl.full((NB, BS), 1, tl.int1)
         # row output: blocks are runs of BS along C
         xr = tl.reshape(row_t, (NB, BS))
         ir = tl.reshape(idx, (NB, BS))
@@ -72,7 +61,7 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
             xr, ones, ones[:, None], ir, x_ptr, scale_table_ptr, s_enc_row, seed, offset_row,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
             S_ROUND, TENSOR_SCALE, ROUNDING, True)
-        _store_codes(row_codes, ir, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), NB, BS, PACK)
+        store_codes(row_codes, ir, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), whole, NB, BS, PACK)
         blk_r = tl.reshape(r[:, None] * (C // BS) + (pid_c * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))
         tl.store(row_scales + blk_r, code.to(tl.uint8))
         # col output: transpose so that blocks (runs of BS along R) are rows; store as (C, R)
@@ -83,6 +72,6 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
             S_ROUND, TENSOR_SCALE, ROUNDING, True)
         out_c = tl.reshape(c[:, None].to(tl.int64) * R + r[None, :], (NB, BS))
-        _store_codes(col_codes, out_c, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), NB, BS, PACK)
+        store_codes(col_codes, out_c, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), whole, NB, BS, PACK)
         blk_c = tl.reshape(c[:, None] * (R // BS) + (pid_r * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))
         tl.store(col_scales + blk_c, code.to(tl.uint8))

@@ -161,6 +161,20 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
 
 
 @triton.jit
+def store_codes(codes_ptr, index, code, mask, R: tl.constexpr, W: tl.constexpr, PACK: tl.constexpr):
+    """Element codes of an [R, W] tile at element positions ``index`` (rows hold runs of whole
+    blocks, so pairs (2j, 2j + 1) never straddle one); with PACK two per byte at index // 2,
+    the even element in the low nibble (``pack_nibbles``)."""
+    if PACK:
+        lo, hi = tl.split(tl.reshape(code, (R, W // 2, 2)))
+        even, _ = tl.split(tl.reshape(index, (R, W // 2, 2)))
+        ok, _ = tl.split(tl.reshape(mask, (R, W // 2, 2)))
+        tl.store(codes_ptr + even // 2, (lo | (hi << 4)).to(tl.uint8), mask=ok)
+    else:
+        tl.store(codes_ptr + index, code.to(tl.uint8), mask=mask)
+
+
+@triton.jit
 def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_ptr, seff_ptr, amax_ptr,
                   n_blocks, s_enc, seed, offset,
                   BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr,
@@ -181,14 +195,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
         E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG)
     if WRITE_CODES:
-        c = _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True)
-        if PACK:
-            lo, hi = tl.split(tl.reshape(c, (ROWS, BS_P2 // 2, 2)))
-            half = tl.arange(0, BS_P2 // 2)
-            pidx = rows[:, None].to(tl.int64) * (BS // 2) + half[None, :]
-            tl.store(codes_ptr + pidx, (lo | (hi << 4)).to(tl.uint8), mask=row_ok[:, None] & (half < BS // 2)[None, :])
-        else:
-            tl.store(codes_ptr + idx, c.to(tl.uint8), mask=mask)
+        store_codes(codes_ptr, idx, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), mask, ROWS, BS_P2, PACK)
         if S_KIND == 2:
             tl.store(scales_ptr + rows, dec, mask=row_ok)
         else:

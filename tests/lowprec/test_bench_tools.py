@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lowprec import ops
-from lowprec.bench.harness import copy_bandwidth, time_device
+from lowprec.bench.harness import copy_bandwidth, time_fn
 from lowprec.cli import main as cli_main
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -33,8 +33,8 @@ def smoke_run(name, result_name, tmp_path, monkeypatch, *args):
     return json.loads((tmp_path / f"{result_name}.json").read_text())
 
 
-def test_time_device_and_copy_bandwidth_on_cpu():
-    t = time_device(lambda: torch.ones(8).sum(), "cpu", repeats=3, warmup=1)
+def test_time_fn_and_copy_bandwidth_on_cpu():
+    t = time_fn(lambda: torch.ones(8).sum(), repeats=3, warmup=1, device="cpu")
     assert 0 < t["min_s"] <= t["median_s"] and t["repeats"] == 3
     c = copy_bandwidth("cpu", 1 << 20, repeats=2)
     assert c["bytes"] == 2 << 20 and c["gb_s"] > 0

@@ -64,6 +64,9 @@ def test_qgemm_errors():
         with pytest.raises(ValueError, match="E2M1"):
             lowprec.qgemm(ref_quantize(torch.randn(8, 64), "mxfp8"), ref_quantize(torch.randn(8, 64), "mxfp8"),
                           backend="triton")
+        odd = lowprec.MXFP4.replace(block_size=24)
+        with pytest.raises(ValueError, match="power-of-two block size"):
+            lowprec.qgemm(ref_quantize(torch.randn(8, 48), odd), ref_quantize(torch.randn(8, 48), odd), backend="triton")
 
 
 @pytest.mark.gpu
