@@ -33,8 +33,9 @@ SLOT_AXES = (-1, -1, -1, 0, 0, 0)   # blocks run along each GEMM's reduction axi
 
 class OperandPlan(NamedTuple):
     kind: str            # "fp32" | "bf16" | "quant"
-    fmt_json: str        # the QuantFormat with its block axis set, as JSON ("" if not quantized)
+    fmt_json: str        # the QuantFormat the quantizer runs, block axis set, as JSON ("" if not quantized)
     rounding: str
+    sr_clipping: bool = False
 
     @property
     def stochastic(self) -> bool:
@@ -56,8 +57,9 @@ def _operand_plan(op: OperandConfig, axis: int) -> OperandPlan:
         return OperandPlan("fp32", "", op.rounding)
     if op.format == "bf16":
         return OperandPlan("bf16", "", op.rounding)
-    fmt = op.format if op.format.block_2d else op.format.replace(axis=axis)
-    return OperandPlan("quant", format_to_json(fmt), op.rounding)
+    fmt = op.effective_format
+    fmt = fmt if fmt.block_2d else fmt.replace(axis=axis)
+    return OperandPlan("quant", format_to_json(fmt), op.rounding, op.sr_clipping)
 
 
 @lru_cache(maxsize=None)
@@ -135,7 +137,7 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
     if op.kind == "bf16":
         return t.to(torch.bfloat16).to(torch.float32), None
     quantizer = fake_quantize_op if torch.compiler.is_compiling() else fake_quantize_eager
-    x_hat, factor = quantizer(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend)
+    x_hat, factor = quantizer(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend, op.sr_clipping)
     return x_hat, (factor if factor.numel() else None)
 
 

@@ -25,7 +25,7 @@ __all__ = [
     "E2M1", "E2M3", "E3M2", "E4M3", "E5M2",
     "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2",
-    "element_format", "scale_format", "get_format", "PRESETS",
+    "element_format", "scale_format", "get_format", "PRESETS", "nonclipping", "clips_block_max", "effective_format",
 ]
 
 ScaleRule = Literal["floor", "ceil", "even", "rceil", "amax"]
@@ -285,6 +285,10 @@ class QuantFormat:
             raise ValueError(f"{self.scale.name} scales take scale_rule='amax', got {self.scale_rule!r}")
         if self.scale_rounding not in ("nearest", "up"):
             raise ValueError(f"scale_rounding must be 'nearest' or 'up', got {self.scale_rounding!r}")
+        if self.tensor_scale and self.scale.kind != "minifloat":
+            raise ValueError(f"a tensor scale needs minifloat block scales (ue4m3, ue5m3): S_enc = scale_max * "
+                             f"elem_max / amax overflows fp32 for {self.scale.name} scales (max {self.scale.max:.3g}), "
+                             f"whose range needs no second level")
         if self.block_2d and self.axis not in (-1,):
             raise ValueError("2D blocks tile the last two dimensions; leave axis=-1")
 
@@ -347,3 +351,36 @@ def get_format(fmt: Union[str, QuantFormat]) -> QuantFormat:
         except KeyError:
             raise ValueError(f"unknown format {fmt!r}; presets: {sorted(PRESETS)}") from None
     raise TypeError(f"expected a QuantFormat or a preset name, got {type(fmt).__name__}")
+
+
+def clips_block_max(fmt: QuantFormat) -> bool:
+    """Whether ``fmt``'s block scale can put a block's maximum beyond the element max, where
+    it saturates: the e8m0 ``floor`` and ``even`` rules (values in (6, 8) scale units clip
+    for E2M1), and minifloat scales rounded to nearest (rounded down by up to half a scale
+    ulp). Stochastic rounding is unbiased only where nothing saturates."""
+    if fmt.scale.kind == "e8m0":
+        return fmt.scale_rule in ("floor", "even")
+    if fmt.scale.kind == "minifloat":
+        return fmt.scale_rounding != "up"
+    return False
+
+
+def nonclipping(fmt: QuantFormat) -> QuantFormat:
+    """The counterpart of ``fmt`` whose block scale cannot clip the block maximum, the one
+    stochastic rounding uses by default: e8m0 ``floor``/``even`` become ``rceil``
+    (2^ceil(log2(amax / elem_max))), minifloat scales are rounded up instead of to nearest;
+    ``ceil``/``rceil``/upward/fp32 scales are returned unchanged. The name is dropped, so the
+    format describes itself (e.g. ``e2m1/e8m0/1x32/rceil``)."""
+    if not clips_block_max(fmt):
+        return fmt
+    if fmt.scale.kind == "e8m0":
+        return fmt.replace(scale_rule="rceil")
+    return fmt.replace(scale_rounding="up")
+
+
+def effective_format(fmt: QuantFormat, rounding: str, sr_clipping: bool = False) -> QuantFormat:
+    """The format a quantizer runs for ``rounding``: ``nonclipping(fmt)`` for stochastic
+    rounding unless ``sr_clipping`` asks for the format's own (clipping, hence biased) scale."""
+    if not isinstance(sr_clipping, bool):
+        raise TypeError(f"sr_clipping must be a bool, got {sr_clipping!r}")
+    return nonclipping(fmt) if rounding == "stochastic" and not sr_clipping else fmt

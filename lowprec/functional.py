@@ -15,22 +15,29 @@ from .tensor import QuantizedTensor
 
 def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
              offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
-             backend: str = "auto") -> QuantizedTensor:
+             backend: str = "auto", sr_clipping: bool = False) -> QuantizedTensor:
     """Block-quantize ``x`` into ``fmt`` (a QuantFormat or a preset name).
 
     rounding: "nearest" (ties to even), "stochastic" (needs ``seed``; bits from Philox at
-    ``offset``), "zero".  Shapes not divisible by the block are zero-padded (cropped again
-    by dequantize) unless ``strict=True``, which raises.  nan_policy "propagate" marks
-    NaN/Inf blocks with the NaN scale code; "raise" refuses them.
+    ``offset``), "zero".  Stochastic rounding runs with the format's non-clipping block scale
+    (``formats.nonclipping``: e8m0 rceil, minifloat scales rounded up), so it is unbiased at
+    every block maximum; ``q.fmt`` is the format actually used.  ``sr_clipping=True`` keeps
+    the format's own scale rule (biased toward zero where a block maximum saturates).
+    Shapes not divisible by the block are zero-padded (cropped again by dequantize) unless
+    ``strict=True``, which raises.  nan_policy "propagate" marks NaN/Inf blocks with the NaN
+    scale code; "raise" refuses them.
     """
     fn = ops.resolve("quantize", backend, x.device)
-    return fn(x, get_format(fmt), rounding=rounding, seed=seed, offset=offset, strict=strict,
-              nan_policy=nan_policy)
+    return fn(x, get_format(fmt), rounding=rounding, seed=seed, offset=offset, strict=strict, nan_policy=nan_policy,
+              sr_clipping=sr_clipping)
 
 
 def dequantize(q: QuantizedTensor, dtype: Optional[torch.dtype] = None, backend: str = "auto") -> torch.Tensor:
-    """Values of ``q`` in ``dtype`` (default: the dtype it was quantized from)."""
-    return ops.resolve("dequantize", backend, q.device)(q, dtype=dtype)
+    """Values of ``q`` in ``dtype`` (default: the dtype it was quantized from); the same call
+    as ``q.dequantize(dtype)``."""
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"dequantize takes a QuantizedTensor, got {type(q).__name__}")
+    return q.dequantize(dtype, backend=backend)
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
@@ -48,10 +55,10 @@ class _FakeQuantizeSTE(torch.autograd.Function):
 
 def fake_quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
                   offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
-                  backend: str = "auto") -> torch.Tensor:
+                  backend: str = "auto", sr_clipping: bool = False) -> torch.Tensor:
     """Quantize-dequantize with a straight-through gradient (same arguments as ``quantize``)."""
     kwargs = dict(fmt=get_format(fmt), rounding=rounding, seed=seed, offset=offset, strict=strict,
-                  nan_policy=nan_policy, backend=backend)
+                  nan_policy=nan_policy, backend=backend, sr_clipping=sr_clipping)
     return _FakeQuantizeSTE.apply(x, kwargs)
 
 
@@ -59,8 +66,8 @@ def hadamard(x: torch.Tensor, block_size: int = 16, axis: int = -1, seed: Option
              signs: Optional[torch.Tensor] = None, inverse: bool = False, backend: str = "auto") -> torch.Tensor:
     """Block-diagonal Hadamard transform along ``axis`` (randomized by ``seed``); autograd-aware.
 
-    Each chunk v of ``block_size`` elements becomes diag(s) H v (H normalized Sylvester);
-    ``inverse=True`` applies H diag(s), the exact inverse.
+    Each chunk v of ``block_size`` elements becomes H (s * v) (H normalized Sylvester, signs
+    s flipped before the mixing); ``inverse=True`` applies diag(s) H, the exact inverse.
     """
     return ops.resolve("hadamard", backend, x.device)(x, block_size, axis=axis, seed=seed,
                                                       signs=signs, inverse=inverse)

@@ -21,8 +21,8 @@ BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 _TABLE: Dict[str, Dict[str, Callable]] = {}
-_LOADERS = {"cpp": "lowprec._backends.cpp", "triton": "lowprec._backends.triton",
-            "cuda": "lowprec._backends.cuda"}
+_LOADERS = {"reference": "lowprec._backends.reference", "cpp": "lowprec._backends.cpp",
+            "triton": "lowprec._backends.triton", "cuda": "lowprec._backends.cuda"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -45,6 +45,7 @@ def register(op: str, backend: str):
 def backend_status(backend: str):
     """(available, reason) for a backend; importing it registers its ops."""
     if backend == "reference":
+        importlib.import_module(_LOADERS[backend])
         return True, "pure PyTorch"
     if backend not in BACKENDS:
         return False, f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'"

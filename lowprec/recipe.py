@@ -19,11 +19,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Union
 
-from .formats import QuantFormat, get_format
+from .formats import QuantFormat, clips_block_max, effective_format, get_format
 from .reference.rounding import ROUNDING_MODES
 
 ESTIMATORS = ("ste", "clipped_ste", "scale_grad")
 OperandFormat = Union[QuantFormat, str, None]
+
+
+def sr_scale_note(fmt: QuantFormat, sr_clipping: bool) -> str:
+    """How a stochastic operand's block scale is chosen, in a few words."""
+    if not clips_block_max(fmt):
+        return "scale cannot clip"
+    if sr_clipping:
+        return "clipping scale: biased at block maxima"
+    return "rceil scale" if fmt.scale.kind == "e8m0" else "scale rounded up"
 
 
 def _normalize_format(fmt: OperandFormat):
@@ -36,15 +45,30 @@ def _normalize_format(fmt: OperandFormat):
 
 @dataclass(frozen=True)
 class OperandConfig:
-    """How one GEMM operand is quantized."""
+    """How one GEMM operand is quantized.
+
+    With ``rounding="stochastic"`` the block scale is by default the format's non-clipping
+    counterpart (``formats.nonclipping``: e8m0 ``rceil``, minifloat scales rounded up), so the
+    quantizer is unbiased at every block maximum; ``sr_clipping=True`` keeps the format's own
+    scale rule, whose saturation biases stochastic rounding toward zero at block maxima
+    (what NVIDIA's NVFP4 kernels do: E4M3 scales rounded to nearest)."""
 
     format: OperandFormat = None
     rounding: str = "nearest"
+    sr_clipping: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "format", _normalize_format(self.format))
         if self.rounding not in ROUNDING_MODES:
             raise ValueError(f"unknown rounding {self.rounding!r}; expected one of {ROUNDING_MODES}")
+        if not isinstance(self.sr_clipping, bool):
+            raise TypeError(f"sr_clipping must be a bool, got {self.sr_clipping!r}")
+
+    @property
+    def effective_format(self) -> OperandFormat:
+        """The format the quantizer runs: the non-clipping counterpart for stochastic
+        rounding unless ``sr_clipping``."""
+        return effective_format(self.format, self.rounding, self.sr_clipping) if self.quantized else self.format
 
     @property
     def quantized(self) -> bool:
@@ -56,14 +80,16 @@ class OperandConfig:
 
     def to_dict(self) -> dict:
         f = self.format.to_dict() if isinstance(self.format, QuantFormat) else self.format
-        return {"format": f, "rounding": self.rounding}
+        return {"format": f, "rounding": self.rounding, "sr_clipping": self.sr_clipping}
 
     def describe(self) -> str:
         if self.format is None:
             return "fp32"
         if self.format == "bf16":
             return "bf16"
-        return f"{self.format}" + ("/SR" if self.rounding == "stochastic" else "")
+        if self.rounding != "stochastic":
+            return f"{self.format}"
+        return f"{self.format}/SR[{sr_scale_note(self.format, self.sr_clipping)}]"
 
 
 @dataclass(frozen=True)
@@ -205,7 +231,9 @@ def _uniform(name: str, fmt) -> Recipe:
 def _nvfp4() -> Recipe:
     """NVIDIA's NVFP4 training recipe: 16x16 2D weight tiles, 1x16 UE4M3 blocks with an fp32
     tensor scale elsewhere, random Hadamard-16 on both wgrad operands, stochastic rounding on
-    gradients, round-to-nearest on weights and activations."""
+    gradients, round-to-nearest on weights and activations. The gradients' UE4M3 block scales
+    are rounded up, so stochastic rounding is unbiased at block maxima (NVIDIA rounds them to
+    nearest: ``**{"dgrad.lhs.sr_clipping": True, "wgrad.lhs.sr_clipping": True}``)."""
     w2d = _op("nvfp4", block_2d=True)
     act = _op("nvfp4")
     grad = _op("nvfp4", "stochastic")
@@ -215,7 +243,8 @@ def _nvfp4() -> Recipe:
 
 def _ue5m3() -> Recipe:
     """The seed study's trade-off: UE5M3 block-16 scales with a tensor scale, random
-    Hadamard-16 on every GEMM, stochastic rounding on gradients."""
+    Hadamard-16 on every GEMM, stochastic rounding on gradients (block scales rounded up, so
+    it is unbiased at block maxima)."""
     act = _op("ue5m3")
     grad = _op("ue5m3", "stochastic")
     return Recipe("ue5m3", GemmConfig(act, act, hadamard=16), GemmConfig(grad, act, hadamard=16),

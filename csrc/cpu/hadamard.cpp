@@ -2,8 +2,8 @@
 // x is [Bt, M, N] (contiguous fp32); mode rows transforms chunks of n along N, mode cols chunks
 // of n along M (a tensor transformed along a middle or leading axis, as the wgrad operands
 // are). Every element goes through the reference's exact operations in its order
-// (lowprec/reference/hadamard.py): signs first when inverse; stages h = 1, 2, 4, ...:
-// (a, b) -> (a + b, a - b); then * fp32(1 / sqrt(n)); signs last when forward. So the results
+// (lowprec/reference/hadamard.py): signs first when forward (x -> H_n (s * x)); stages h = 1, 2, 4, ...:
+// (a, b) -> (a + b, a - b); then * fp32(1 / sqrt(n)); signs last when inverse. So the results
 // are bit-identical to it. Rows: stages h < 16 pair lanes of one vector (partner lane l ^ h),
 // the others pair whole vectors; cols: every stage pairs whole vectors (rows of a column tile).
 #include <ATen/Parallel.h>
@@ -59,7 +59,7 @@ LOWPREC_INLINE vf lane_stages(vf v, int64_t n) {
 // Scalar transform of one chunk (the tail of a rows job whose length is not a multiple of 16).
 void scalar_chunk(const HadamardJob& j, const float* src, float* v) {
   const int64_t n = j.n;
-  for (int64_t k = 0; k < n; ++k) v[k] = (j.signs && j.inverse) ? src[k] * j.signs[k] : src[k];
+  for (int64_t k = 0; k < n; ++k) v[k] = (j.signs && !j.inverse) ? src[k] * j.signs[k] : src[k];
   for (int64_t h = 1; h < n; h *= 2) {
     for (int64_t i = 0; i < n; i += 2 * h) {
       for (int64_t k = i; k < i + h; ++k) {
@@ -71,14 +71,14 @@ void scalar_chunk(const HadamardJob& j, const float* src, float* v) {
   }
   for (int64_t k = 0; k < n; ++k) {
     v[k] *= j.norm;
-    if (j.signs && !j.inverse) v[k] *= j.signs[k];
+    if (j.signs && j.inverse) v[k] *= j.signs[k];
   }
 }
 
 // Rows: units of max(n, 16) consecutive elements of the flat array, [u0, u1).
 LOWPREC_ISA_CLONES void rows_units(const HadamardJob& j, int64_t u0, int64_t u1) {
   const int64_t n = j.n, unit = std::max<int64_t>(n, W);
-  const bool pre = j.signs && j.inverse, post = j.signs && !j.inverse;
+  const bool pre = j.signs && !j.inverse, post = j.signs && j.inverse;
   const vf norm = splat(j.norm);
   for (int64_t u = u0; u < u1; ++u) {
     const float* src = j.x + u * unit;
@@ -135,7 +135,7 @@ LOWPREC_ISA_CLONES void cols_items(const HadamardJob& j, int64_t i0, int64_t i1,
         memcpy(tmp, j.x + base + r * N, w * sizeof(float));
         a = load(tmp);
       }
-      if (j.signs && j.inverse) a = a * j.signs[r];
+      if (j.signs && !j.inverse) a = a * j.signs[r];
       store(buf + r * W, a);
     }
     for (int64_t h = 1; h < n; h *= 2) {
@@ -149,7 +149,7 @@ LOWPREC_ISA_CLONES void cols_items(const HadamardJob& j, int64_t i0, int64_t i1,
     }
     for (int64_t r = 0; r < n; ++r) {
       vf a = load(buf + r * W) * norm;
-      if (j.signs && !j.inverse) a = a * j.signs[r];
+      if (j.signs && j.inverse) a = a * j.signs[r];
       if (w == W) {
         store(j.out + base + r * N, a);
       } else {

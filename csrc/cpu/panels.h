@@ -35,7 +35,8 @@ struct PanelGeometry {
     const int64_t padded_cols = groups * gw;
     const int64_t unit = gw % 16 == 0 ? gw : std::lcm<int64_t>(gw, 16);
     const int64_t target = std::max<int64_t>(unit, (kItemElements / bm) / unit * unit);
-    cw = std::min(target, (padded_cols + unit - 1) / unit * unit);
+    cw = std::max(unit, std::min(target, (padded_cols + unit - 1) / unit * unit));   // >= unit: an empty
+    // tensor (padded_cols = 0) gets zero chunks, never a division by zero
     chunks = (padded_cols + cw - 1) / cw;
     ld = (cw + 15) / 16 * 16;
   }

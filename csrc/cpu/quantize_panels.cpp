@@ -368,23 +368,28 @@ LOWPREC_ISA_CLONES void run_item(const QuantJob& j, Scratch& sc, int64_t item, b
   }
 }
 
-// max |x[i]| bit pattern over [0, n) (NaN above every number).
+// max |x[i]| bit pattern over the finite x[i], i in [0, n) (|x| bit patterns of Inf and NaN
+// are >= 0x7F800000 and are skipped, so they never reach the tensor scale).
 LOWPREC_ISA_CLONES int32_t max_abs_bits(const float* p32, const uint16_t* p16, int64_t n) {
   vi m = splat_i(0);
+  const vi inf = splat_i(0x7F800000);
   int64_t i = 0;
   if (p32) {
-    for (; i + W <= n; i += W) m = max_i(m, abs_bits(load(p32 + i)));
+    for (; i + W <= n; i += W) {
+      const vi a = abs_bits(load(p32 + i));
+      m = max_i(m, a & (a < inf));
+    }
   }
   int32_t r = hmax_i(m);
   for (; i < n; ++i) {
     const uint32_t b = p32 ? float_to_bits(p32[i]) : static_cast<uint32_t>(p16[i]) << 16;
     const int32_t a = static_cast<int32_t>(b & 0x7FFFFFFFu);
-    r = a > r ? a : r;
+    r = (a > r && a < 0x7F800000) ? a : r;
   }
   return r;
 }
 
-// max |x| over the whole tensor, NaN if any element is NaN (as torch.amax).
+// max |x| over the finite elements of the whole tensor (0 when there are none).
 float tensor_amax(const at::Tensor& x) {
   const float* p32 = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : nullptr;
   const uint16_t* p16 = p32 ? nullptr : reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());

@@ -10,8 +10,8 @@ import torch
 
 from ..formats import QuantFormat, get_format
 from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
-from ..reference.quantize import check_input
-from ..reference.scales import tensor_encode_scale
+from ..reference.checks import check_quantize_call
+from ..reference.scales import finite_amax, tensor_encode_scale
 from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 
 F32 = torch.float32
@@ -39,11 +39,11 @@ class Prepared:
     """x in blocks, plus what a kernel needs besides the format."""
 
     def __init__(self, x: torch.Tensor, fmt, rounding: str, seed, offset: int, strict: bool, nan_policy: str,
-                 amax_tensor: Optional[torch.Tensor], random_bytes, keep_dtype: bool = False):
+                 amax_tensor: Optional[torch.Tensor], random_bytes, keep_dtype: bool = False,
+                 sr_clipping: bool = False):
         """``keep_dtype``: leave bf16/fp16 blocks in their dtype, for a kernel that widens them
         to fp32 as it loads (exact), instead of a cast pass here."""
-        self.fmt = get_format(fmt)
-        check_input(x, rounding, seed, nan_policy)
+        self.fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
         self.x = x
         self.layout = make_layout(x.shape, self.fmt, strict)
         xs = to_stored(x if keep_dtype and x.dtype in WIDENED_IN_KERNEL else x.to(F32), self.layout)
@@ -55,11 +55,8 @@ class Prepared:
         if self.fmt.tensor_scale:
             if amax_tensor is not None:
                 amax = amax_tensor
-            elif x.numel() == 0:
-                amax = torch.zeros((), dtype=F32, device=x.device)
-            else:   # max |x| in one pass, NaN propagating: max(-min, max)
-                lo, hi = torch.aminmax(x)
-                amax = torch.maximum(-lo, hi).to(F32)
+            else:
+                amax = finite_amax(x)
             self.s_enc = tensor_encode_scale(amax, self.fmt)
         else:
             self.s_enc = torch.ones((), dtype=F32, device=x.device)

@@ -31,10 +31,10 @@ def register_block_ops(backend: str, device_type: str) -> None:
 
     random_bytes = register_random_bytes(backend, device_type)
 
-    def prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor) -> Prepared:
+    def prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping) -> Prepared:
         require(x)
         return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor,
-                        lambda s, o, n, d: random_bytes(s, o, n, d))
+                        lambda s, o, n, d: random_bytes(s, o, n, d), sr_clipping=sr_clipping)
 
     def kernel_args(p: Prepared):
         ints, floats = format_params(p.fmt)
@@ -42,14 +42,15 @@ def register_block_ops(backend: str, device_type: str) -> None:
                 ROUNDING_IDS[p.rounding], int64_bits(p.seed), int64_bits(p.offset), p.inline_rng)
 
     def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=False, nan_policy="propagate",
-                 amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
-        p = prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor)
+                 amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
+        p = prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping)
         codes, scales, _ = torch.ops.lowprec.quantize_blocks(*kernel_args(p))
         return p.quantized_tensor(codes, scales)
 
     def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
-                                  amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
-        p = prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor)
+                                  amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
+                                  sr_clipping: bool = False):
+        p = prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor, sr_clipping)
         xhat, s_eff, amax = torch.ops.lowprec.fake_quantize_blocks(*kernel_args(p))
         if not with_scales:
             return p.to_x_shape(xhat), None, None

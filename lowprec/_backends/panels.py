@@ -14,7 +14,7 @@ import torch
 from .. import ops
 from ..formats import QuantFormat, get_format
 from ..reference.blocking import from_stored, make_layout
-from ..reference.quantize import check_input
+from ..reference.checks import check_quantize_call
 from ..tensor import QuantizedTensor
 from .blocked import ROUNDING_IDS, format_params, int64_bits, scale_table
 
@@ -39,7 +39,7 @@ def regroup_rows(rows: int, n: int, bs: int):
     blocks, scale grid, codes and Philox stream positions over rows / k rows of k n elements
     (k | rows); k is chosen so that short rows (a 64-feature activation) still fill a work item.
     -> (rows / k, k n)."""
-    if n % bs or n >= ITEM_ELEMENTS or rows <= 1:
+    if n == 0 or n % bs or n >= ITEM_ELEMENTS or rows <= 1:
         return rows, n
     k = math.gcd(rows, ITEM_ELEMENTS // n)
     return rows // k, n * k
@@ -71,17 +71,16 @@ def _element_table(element) -> torch.Tensor:
     return element.table("cpu")
 
 
-def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor):
-    fmt = get_format(fmt)
-    check_input(x, rounding, seed, nan_policy)
+def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor, sr_clipping):
+    fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
     amax = amax_tensor.reshape(()).to(torch.float32) if (fmt.tensor_scale and amax_tensor is not None) else None
     return fmt, _format_args(fmt), amax, (ROUNDING_IDS[rounding], int64_bits(seed or 0), int64_bits(offset))
 
 
 def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
              strict: bool = False, nan_policy: str = "propagate",
-             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
-    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor)
+             amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
+    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor, sr_clipping)
     layout = make_layout(x.shape, fmt, strict)
     view = panel_view(x.shape, fmt, layout.axis)
     xk = _kernel_input(x, view, fmt.block_size)
@@ -96,10 +95,11 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
 
 
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
-                  nan_policy: str = "propagate", amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
+                  nan_policy: str = "propagate", amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
+                  sr_clipping: bool = False):
     """(x_hat fp32, s_eff per element, amax per element) in x's shape; the last two are None
     when ``with_scales`` is False (the straight-through estimator does not read them)."""
-    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor)
+    fmt, fmt_args, amax, rng = _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor, sr_clipping)
     layout = make_layout(x.shape, fmt)
     view = panel_view(x.shape, fmt, layout.axis)
     x_hat, s_eff, amax_e, _ = torch.ops.lowprec.fake_quantize_panels(

@@ -65,22 +65,24 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
     return codes, scales, xhat, s_eff, amax
 
 
-def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor) -> Prepared:
-    return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes, keep_dtype=True)
+def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping) -> Prepared:
+    return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes, keep_dtype=True,
+                    sr_clipping=sr_clipping)
 
 
 @ops.register("quantize", "triton")
 def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=False, nan_policy="propagate",
-             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
-    p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor)
+             amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
+    p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping)
     codes, scales, _, _, _ = _run(p, True, False)
     return p.quantized_tensor(codes, scales, packed=p.packs_in_kernel())
 
 
 @ops.register("fake_quantize", "triton")
 def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
-                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
-    p = _prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor)
+                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
+                              sr_clipping: bool = False):
+    p = _prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor, sr_clipping)
     _, _, xhat, s_eff, amax = _run(p, False, True)
     if not with_scales:
         return p.to_x_shape(xhat), None, None
@@ -113,7 +115,8 @@ def _launch_dequant(codes, scales, table_s, table_e, out, packed, s_kind, tensor
     _dequant_kernel[(triton.cdiv(n, rows),)](codes, scales.contiguous(), table_s, table_e, out, n,
                                              1.0 if tensor_scale is None else float(tensor_scale),
                                              BS=bs, BS_P2=bs_p2, ROWS=rows, PACKED=packed, S_KIND=s_kind,
-                                             TENSOR_SCALE=tensor_scale is not None, enable_fp_fusion=False)
+                                             TENSOR_SCALE=tensor_scale is not None, OUT_BF16=out.dtype == torch.bfloat16,
+                                             enable_fp_fusion=False)
 
 
 from ..gemm import check_operands  # noqa: E402
@@ -158,18 +161,20 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
     return c
 
 
-from ..formats import get_format  # noqa: E402
+from ..reference.checks import check_quantize_call, check_uint64  # noqa: E402
 from ..reference.hadamard import random_signs, sylvester  # noqa: E402
 from ..reference.scales import tensor_encode_scale  # noqa: E402
 from ..triton.hadamard_quantize import hadamard_quantize_kernel  # noqa: E402
 
 
 def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nearest", seed: int = 0,
-                      offset_row: int = 0, offset_col: int = 0, hadamard_seed=None, return_transformed: bool = False):
+                      offset_row: int = 0, offset_col: int = 0, hadamard_seed=None, return_transformed: bool = False,
+                      sr_clipping: bool = False):
     """One pass over X (R x C, both multiples of n): (Q(X M^T) with blocks along C,
-    Q(M X) with blocks along R), M = diag(s) H_n, s from ``hadamard_seed`` (all +1 if None).
+    Q(M X) with blocks along R), M = H_n diag(s) (signs first, then mixing), s from ``hadamard_seed`` (all +1 if None).
     With ``return_transformed`` also the kernel's fp32 X M^T and M X."""
-    fmt = get_format(fmt)
+    fmt = check_quantize_call(x, fmt, rounding, seed, offset_row, "propagate", sr_clipping)
+    check_uint64("offset_col", offset_col)
     if x.dim() != 2 or x.shape[0] % n or x.shape[1] % n:
         raise ValueError(f"hadamard_quantize takes a 2-D tensor whose dims are multiples of {n}, got {tuple(x.shape)}")
     if n not in (16, 32, 64, 128) or n % fmt.block_size or fmt.block_2d or fmt.scale.kind == "fp32":
@@ -179,7 +184,7 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
     xf = (x if x.dtype in WIDENED_IN_KERNEL else x.to(torch.float32)).contiguous()
     R, C = xf.shape
     s = random_signs(hadamard_seed, n, device=x.device) if hadamard_seed is not None else torch.ones(n, device=x.device)
-    m = (torch.diag(s.double()) @ sylvester(n, device=x.device)).to(torch.float32).contiguous()
+    m = (sylvester(n, device=x.device) @ torch.diag(s.double())).to(torch.float32).contiguous()
     ints, floats = format_params(fmt)
     packed = fmt.element.bits == 4
     consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
@@ -202,8 +207,8 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
                                        R, C, 1.0, 1.0, seed, offset_row, offset_col, N=n, BS=fmt.block_size, PASS=0,
                                        WRITE_T=False, enable_fp_fusion=False, **consts)
         am = amax.reshape(-1, 2)
-        s_row = tensor_encode_scale(am[:, 0].max() if not torch.isnan(am[:, 0]).any() else torch.tensor(float("nan")), fmt)
-        s_col = tensor_encode_scale(am[:, 1].max() if not torch.isnan(am[:, 1]).any() else torch.tensor(float("nan")), fmt)
+        s_row = tensor_encode_scale(am[:, 0].max(), fmt)     # tile amaxes over finite values only
+        s_col = tensor_encode_scale(am[:, 1].max(), fmt)
     hadamard_quantize_kernel[grid](xf, m, table, xf, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
                                    R, C, float(s_row), float(s_col), seed, offset_row, offset_col, N=n,
                                    BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, enable_fp_fusion=False, **consts)

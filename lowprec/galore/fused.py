@@ -43,10 +43,23 @@ def galore_update_(w: torch.Tensor, proj, n: torch.Tensor, coef: float, c_wd: fl
         raise TypeError(f"GaLore updates fp32 weights (master copies for others), got {w.dtype}")
     ab = _operands(proj, n)
     if ab is None:
+        if n.shape != w.shape:
+            raise ValueError(f"the update has shape {tuple(n.shape)}, the weight {tuple(w.shape)}")
         w.mul_(c_wd).add_(n, alpha=-coef)
         return
     a, b = ab
-    ops.resolve(OP, backend, w.device)(w, a.float().contiguous(), b.float().contiguous(), float(coef), float(c_wd))
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] or (a.shape[0], b.shape[1]) != tuple(w.shape):
+        raise ValueError(f"the projected update A @ B ({tuple(a.shape)} @ {tuple(b.shape)}) does not have the "
+                         f"weight's shape {tuple(w.shape)}")
+    fn = ops.resolve(OP, backend, w.device)
+    if w.is_contiguous():
+        fn(w, a.float().contiguous(), b.float().contiguous(), float(coef), float(c_wd))
+        return
+    # the kernels index a dense row-major weight: update a contiguous copy (a transposed
+    # parameter would otherwise get its update in the wrong elements) and write it back
+    wc = w.contiguous()
+    fn(wc, a.float().contiguous(), b.float().contiguous(), float(coef), float(c_wd))
+    w.copy_(wc)
 
 
 @ops.register(OP, "cpp")

@@ -182,6 +182,22 @@ def triton_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
     return n, _stored(omc, oms, t_m), _stored(osc, oss, t_s)
 
 
+def check_moments(r: torch.Tensor, m_st: dict, v_st: dict, fmt_name: str) -> None:
+    """The stored moments must be those of a tensor of r's shape on r's device (kernels index
+    them by r's geometry: anything else would be read or written out of bounds)."""
+    for name, st in (("M", m_st), ("V", v_st)):
+        if fmt_name == "fp32":
+            v = st.get("value") if isinstance(st, dict) else None
+            if not isinstance(v, torch.Tensor) or v.dtype != torch.float32 or v.shape != r.shape or v.device != r.device:
+                raise ValueError(f"stored {name} must hold an fp32 'value' of shape {tuple(r.shape)} on {r.device}")
+            continue
+        if not isinstance(st, dict) or "codes" not in st or "scales" not in st:
+            raise ValueError(f"stored {name} must be a dict with 'codes' and 'scales' (from moments.zeros)")
+        q = lowbit.as_quantized(st, fmt_name, r.shape)   # QuantizedTensor checks the shapes and dtypes
+        if q.device != r.device:
+            raise ValueError(f"stored {name} is on {q.device}, the projected gradient on {r.device}")
+
+
 def adam_moments(r: torch.Tensor, m_st: dict, v_st: dict, fmt_name: str, scalars: MomentScalars, seed: int = 0,
                  offset: int = 0, backend: str = "auto"):
     """One Adam moment update of the projected gradient ``r`` (2-D for low-bit state):
@@ -192,6 +208,7 @@ def adam_moments(r: torch.Tensor, m_st: dict, v_st: dict, fmt_name: str, scalars
     r = r.contiguous()
     if fmt_name != "fp32" and r.dim() != 2:
         raise ValueError(f"low-bit moments take a 2-D projected gradient, got shape {tuple(r.shape)}")
+    check_moments(r, m_st, v_st, fmt_name)
     n, m_new, v_new = ops.resolve(OP, backend, r.device)(r, m_st, v_st, fmt_name, scalars, int(seed), int(offset))
     used = 0 if fmt_name == "fp32" else 2 * lowbit.padded_numel(r.shape, lowbit.state_format(fmt_name).block_size)
     return n, m_new, v_new, used

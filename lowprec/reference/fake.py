@@ -14,6 +14,7 @@ import torch
 
 from ..formats import QuantFormat, get_format
 from .blocking import from_blocks, from_stored, to_blocks, to_stored
+from .checks import check_quantize_call
 from .quantize import scaled_blocks
 from .rounding import round_to_grid
 
@@ -23,10 +24,11 @@ F32 = torch.float32
 def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str = "nearest",
                               seed: Optional[int] = None, offset: int = 0,
                               nan_policy: str = "propagate",
-                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True):
+                              amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
+                              sr_clipping: bool = False):
     """(x_hat in fp32, effective scale per element in fp32, block amax per element), all in x's
     shape; the last two are None when ``with_scales`` is False (every backend honours this)."""
-    fmt = get_format(fmt)
+    fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
     layout, _, _, s_eff, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, False, nan_policy,
                                                         amax_tensor)
     s = s_eff.unsqueeze(-1)
@@ -44,7 +46,8 @@ def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str =
 
 
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None,
-                  offset: int = 0, nan_policy: str = "propagate") -> torch.Tensor:
+                  offset: int = 0, nan_policy: str = "propagate", sr_clipping: bool = False) -> torch.Tensor:
     """dequantize(quantize(x)) in x's dtype, computed on values."""
-    xh, _, _ = fake_quantize_with_scales(x, fmt, rounding, seed, offset, nan_policy, with_scales=False)
+    xh, _, _ = fake_quantize_with_scales(x, fmt, rounding, seed, offset, nan_policy, with_scales=False,
+                                         sr_clipping=sr_clipping)
     return xh.to(x.dtype)

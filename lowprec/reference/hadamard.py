@@ -3,11 +3,13 @@
 H_n is the Sylvester matrix (H_1 = [1], H_2n = [[H_n, H_n], [H_n, -H_n]]) divided by sqrt(n):
 orthogonal and symmetric.  The transform of size n acts on each contiguous chunk v of n
 elements along ``axis``:
-    forward:  v -> M v,      M = diag(s) H_n
-    inverse:  v -> M^T v = H_n diag(s) v
-with s in {-1, +1}^n (all +1 when no seed is given).  M^T M = I, so transforming both
-operands of a GEMM along its reduction axis K leaves the product unchanged:
-(M a) . (M b) = a . b.  Signs from a seed: s_j = 1 - 2 * (byte_j & 1), byte_j = byte j of
+    forward:  v -> M v = H_n (s * v),   M = H_n diag(s)   (flip signs first, then mix)
+    inverse:  v -> M^T v = diag(s) H_n v                   (mix, then flip signs)
+with s in {-1, +1}^n (all +1 when no seed is given).  For an operand whose chunks are rows
+that is x -> x diag(s) H_n.  The order matters: block quantization is sign-symmetric
+(Q(-y) = -Q(y), stochastic bits included), so signs applied after the mixing would change
+no quantized value.  M^T M = I, so transforming both operands of a GEMM along its
+reduction axis K leaves the product unchanged: (M a) . (M b) = a . b.  Signs from a seed: s_j = 1 - 2 * (byte_j & 1), byte_j = byte j of
 the Philox stream (seed, offset 0) of NUMERICS.md.
 """
 
@@ -67,10 +69,10 @@ def fwht_last(x: torch.Tensor) -> torch.Tensor:
 
 def torch_chunks(chunks: torch.Tensor, n: int, signs: Optional[torch.Tensor], inverse: bool) -> torch.Tensor:
     """The transform of every row of ``chunks`` [..., n] (already in the compute dtype)."""
-    if signs is not None and inverse:
+    if signs is not None and not inverse:
         chunks = chunks * signs
     y = fwht_last(chunks) * (1.0 / math.sqrt(n))
-    if signs is not None and not inverse:
+    if signs is not None and inverse:
         y = y * signs
     return y
 

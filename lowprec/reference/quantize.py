@@ -2,7 +2,8 @@
 
 quantize(x):
   1. x -> fp32, permuted/padded into blocks (``blocking``); amax_b = max |x| per block.
-  2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1.
+  2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1;
+     amax_tensor is over the finite elements, S_enc is clamped to the largest finite fp32.
   3. scale code = rule(amax_b, S_enc) (``scales``); s_b = decode(code) / S_enc.
   4. x_scaled = x / s_b (0 where s_b == 0), rounded on the element grid (nearest, stochastic
      with the Philox bytes of each element's row-major index in the original tensor, or
@@ -19,32 +20,13 @@ import torch
 
 from ..formats import QuantFormat, get_format
 from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
+from .checks import check_quantize_call
 from .blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
 from .philox import random_bytes
 from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
-from .scales import compute_scale_codes, decode_scales, tensor_encode_scale
+from .scales import compute_scale_codes, decode_scales, finite_amax, tensor_encode_scale
 
 F32 = torch.float32
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-NAN_POLICIES = ("propagate", "raise")
-
-
-def check_input(x: torch.Tensor, rounding: str, seed, nan_policy: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"quantize takes float32, float16 or bfloat16 input, got {x.dtype}")
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDING_MODES}")
-    if rounding == "stochastic" and seed is None:
-        raise ValueError("stochastic rounding needs an explicit seed (and an offset that advances per call)")
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"unknown nan_policy {nan_policy!r}; expected one of {NAN_POLICIES}")
-    if nan_policy == "raise":
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            raise ValueError(f"input holds {int(bad.sum())} NaN/Inf values (nan_policy='raise'); "
-                             f"first at index {tuple(int(i) for i in bad.nonzero()[0])}")
 
 
 def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional[torch.Tensor] = None):
@@ -52,7 +34,7 @@ def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional
     amax = x_blocks.abs().amax(dim=-1)
     if fmt.tensor_scale:
         if amax_tensor is None:
-            amax_tensor = amax.amax() if amax.numel() else torch.zeros((), dtype=F32, device=amax.device)
+            amax_tensor = finite_amax(x_blocks)
         s_enc = tensor_encode_scale(amax_tensor, fmt)
     else:
         s_enc = torch.ones((), dtype=F32, device=x_blocks.device)
@@ -76,9 +58,8 @@ def encode_elements(x_scaled: torch.Tensor, fmt: QuantFormat, rounding: str,
 
 def scaled_blocks(x: torch.Tensor, fmt: QuantFormat, rounding: str, seed, offset: int, strict: bool,
                   nan_policy: str, amax_tensor: Optional[torch.Tensor]):
-    """Steps 1-3 and the scaling of step 4: (layout, scale codes, S_enc, s_eff per block,
-    x_scaled blocks, random bytes in block layout or None)."""
-    check_input(x, rounding, seed, nan_policy)
+    """Steps 1-3 and the scaling of step 4 for an already checked call: (layout, scale codes,
+    S_enc, s_eff per block, x_scaled blocks, random bytes in block layout or None)."""
     layout = make_layout(x.shape, fmt, strict)
     xb = to_blocks(to_stored(x.to(F32), layout), layout)
     scale_codes, s_enc, s_eff = block_scales(xb, fmt, amax_tensor)
@@ -93,10 +74,11 @@ def scaled_blocks(x: torch.Tensor, fmt: QuantFormat, rounding: str, seed, offset
 
 def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None,
              offset: int = 0, strict: bool = False, nan_policy: str = "propagate",
-             amax_tensor: Optional[torch.Tensor] = None) -> QuantizedTensor:
+             amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
     """Block-quantize ``x`` (see module docstring).  ``amax_tensor`` overrides the tensor
-    amax used for S_enc (e.g. a delayed or all-reduced amax)."""
-    fmt = get_format(fmt)
+    amax used for S_enc (e.g. a delayed or all-reduced amax).  Stochastic rounding runs with
+    the format's non-clipping scale unless ``sr_clipping`` (``formats.effective_format``)."""
+    fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
     layout, scale_codes, s_enc, _, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, strict,
                                                                   nan_policy, amax_tensor)
     codes = from_blocks(encode_elements(x_scaled, fmt, rounding, rand), layout)

@@ -36,11 +36,25 @@ def _ceil_log2(a: torch.Tensor) -> torch.Tensor:
     return torch.where(a > 0, c, torch.full_like(exp, -1000))
 
 
+FP32_MAX = torch.finfo(torch.float32).max
+
+
+def finite_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over the finite elements of ``x`` (fp32 scalar; 0 when there are none), so
+    that a NaN or Inf never reaches the tensor scale and only its own block is marked."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=F32, device=x.device)
+    return torch.nan_to_num(x.to(F32), nan=0.0, posinf=0.0, neginf=0.0).abs().amax()
+
+
 def tensor_encode_scale(amax_tensor: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """S_enc = (scale_max * elem_max) / amax_tensor in fp32; 1 when amax is 0 or S_enc is not finite."""
+    """S_enc = (scale_max * elem_max) / amax_tensor in fp32, clamped to the largest finite
+    fp32 when the quotient overflows (a tiny tensor keeps its information); 1 when amax is 0
+    (or not finite, which callers never pass: the amax is over the finite elements)."""
     amax_tensor = amax_tensor.to(F32)
     s_enc = torch.tensor(fmt.scale.max * fmt.element.max, dtype=F32, device=amax_tensor.device) / amax_tensor
-    ok = torch.isfinite(s_enc) & (amax_tensor > 0)
+    s_enc = torch.clamp(s_enc, max=FP32_MAX)
+    ok = torch.isfinite(amax_tensor) & (amax_tensor > 0)
     return torch.where(ok, s_enc, torch.ones_like(s_enc))
 
 

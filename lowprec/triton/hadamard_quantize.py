@@ -1,11 +1,11 @@
 """Fused block Hadamard + amax + quantize, row-wise and column-wise outputs in one pass.
 
 Each program loads one n x n tile of X (R x C) once and forms both transforms with the
-matrix M = diag(s) H_n (tensor cores on a GPU; fp32 "ieee" precision):
+matrix M = H_n diag(s) (signs flipped first, then mixed; tensor cores on a GPU; fp32 "ieee" precision):
   row output  X_r = X M^T along C   (the fprop operand: blocks along C)
   col output  X_c = M X along R     (the wgrad operand: blocks along R, stored transposed)
 then quantizes each with the shared ``quantize_rows`` (blocks of BS | n).  Pass 0 only
-reduces the amax of both transforms (for tensor scales); pass 1 quantizes.  Stochastic
+reduces the amax of both transforms over their finite values (for tensor scales); pass 1 quantizes.  Stochastic
 bits follow each element's row-major index in the R x C tensor being quantized.  X may be
 fp32, bf16 or fp16 (widened as it loads); with PACK, 4-bit codes are stored two per byte
 (even index in the low nibble) along each output's block axis.
@@ -39,14 +39,13 @@ def hadamard_quantize_kernel(x_ptr, m_ptr, scale_table_ptr, amax_ptr,
     col_t = tl.dot(m, tile, input_precision="ieee")                    # M X
     if PASS == 0:
         pid = pid_r * tl.num_programs(1) + pid_c
+        # the tensor amax is over finite values (NaN compares false): a NaN/Inf marks its blocks only
         a_r = tl.abs(row_t)
         a_c = tl.abs(col_t)
-        nan_r = tl.max(tl.max((a_r != a_r).to(tl.int32), axis=1), axis=0) > 0
-        nan_c = tl.max(tl.max((a_c != a_c).to(tl.int32), axis=1), axis=0) > 0
-        am_r = tl.max(tl.max(tl.where(a_r != a_r, 0.0, a_r), axis=1), axis=0)
-        am_c = tl.max(tl.max(tl.where(a_c != a_c, 0.0, a_c), axis=1), axis=0)
-        tl.store(amax_ptr + 2 * pid, tl.where(nan_r, float("nan"), am_r))
-        tl.store(amax_ptr + 2 * pid + 1, tl.where(nan_c, float("nan"), am_c))
+        am_r = tl.max(tl.max(tl.where(a_r < float("inf"), a_r, 0.0), axis=1), axis=0)
+        am_c = tl.max(tl.max(tl.where(a_c < float("inf"), a_c, 0.0), axis=1), axis=0)
+        tl.store(amax_ptr + 2 * pid, am_r)
+        tl.store(amax_ptr + 2 * pid + 1, am_c)
     else:
         if WRITE_T:
             tl.store(row_t_ptr + idx, row_t)

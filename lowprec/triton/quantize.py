@@ -209,7 +209,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
 @triton.jit
 def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_ptr, n_blocks, tensor_scale,
                     BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr, PACKED: tl.constexpr,
-                    S_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
+                    S_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr, OUT_BF16: tl.constexpr):
     """out = value(code) * s_eff per block, s_eff = decode(scale code) [/ tensor scale]
     (S_KIND 2: the scales are fp32 s_eff already). The fp32 product is cast to out's dtype
     as it is stored (round to nearest even, as torch's .to())."""
@@ -234,4 +234,12 @@ def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_
     if TENSOR_SCALE:
         s = tl.math.div_rn(s, tensor_scale + tl.zeros_like(s))
     v = tl.load(elem_table_ptr + c, mask=mask, other=0.0)
-    tl.store(out_ptr + idx, v * s[:, None], mask=mask)
+    out = v * s[:, None]
+    if OUT_BF16:
+        # round to nearest even on the bit pattern (the interpreter's fp32 -> bf16 cast truncates
+        # or rounds half up): add 0x7FFF plus the lowest kept bit, keep the top 16 bits; NaN stays NaN
+        b = out.to(tl.uint32, bitcast=True)
+        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        r = tl.where(out != out, (b >> 16) | 0x40, r)
+        out = r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    tl.store(out_ptr + idx, out, mask=mask)

@@ -22,7 +22,7 @@ def test_equals_dense_block_diagonal_product(n, axis, seed):
     x = torch.randn(shape, dtype=torch.float64, generator=g)
     y = lowprec.hadamard(x, n, axis=axis, seed=seed)
     s = random_signs(seed, n, dtype=torch.float64) if seed is not None else torch.ones(n, dtype=torch.float64)
-    m = torch.diag(s) @ sylvester(n)                      # M = diag(s) H
+    m = sylvester(n) @ torch.diag(s)                      # M = H diag(s): flip signs, then mix
     xm = x.movedim(axis, -1)
     dense = (xm.reshape(*xm.shape[:-1], -1, n) @ m.T).reshape(xm.shape).movedim(-1, axis)
     assert torch.allclose(y, dense, rtol=0, atol=1e-12 * math.log2(n + 1))
@@ -84,3 +84,45 @@ def test_signs_are_balanced_and_seeded():
     assert set(s.unique().tolist()) == {-1.0, 1.0}
     assert abs(s.mean().item()) < 0.05
     assert torch.equal(s, random_signs(3, 1 << 14)) and not torch.equal(s, random_signs(4, 1 << 14))
+
+
+def test_random_hadamard_is_h_of_sign_flipped_chunks():
+    """hadamard(x, n, seed=k) == H_n applied to each chunk after its signs are flipped."""
+    x = torch.randn(6, 64, dtype=torch.float64)
+    s = random_signs(9, 16, dtype=torch.float64)
+    flipped = (x.reshape(6, 4, 16) * s).reshape(6, 64)
+    assert torch.allclose(lowprec.hadamard(x, 16, seed=9), lowprec.hadamard(flipped, 16), rtol=0, atol=1e-12)
+    # the other order (mix, then flip) is a different transform: block quantization could not see it
+    mixed_then_flipped = (lowprec.hadamard(x, 16).reshape(6, 4, 16) * s).reshape(6, 64)
+    assert not torch.allclose(lowprec.hadamard(x, 16, seed=9), mixed_then_flipped)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "ue5m3"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_random_signs_change_quantized_values(fmt, rounding):
+    """Block quantization is sign-symmetric, so signs applied after the mixing would leave
+    Q(.) equal to s * Q(H x); flipped first, they change the quantized values."""
+    x = torch.randn(32, 64)
+    s = random_signs(5, 16)
+    kw = dict(rounding=rounding, seed=1)
+    q_rand = lowprec.fake_quantize(lowprec.hadamard(x, 16, seed=5), fmt, **kw)
+    q_plain = lowprec.fake_quantize(lowprec.hadamard(x, 16), fmt, **kw)
+    sign_only = (q_plain.reshape(32, 4, 16) * s).reshape(32, 64)
+    assert not torch.equal(q_rand, sign_only)
+    assert (q_rand != sign_only).float().mean() > 0.1
+
+
+def test_random_signs_change_gemm_results():
+    """A quantized GEMM with both operands through the random transform differs from the
+    plain-Hadamard one (and both approximate the exact product)."""
+    a, b = torch.randn(64, 128), torch.randn(128, 48)
+
+    def qgemm(seed):
+        at = lowprec.hadamard(a, 16, axis=1, seed=seed)
+        bt = lowprec.hadamard(b, 16, axis=0, seed=seed)
+        return lowprec.fake_quantize(at, "nvfp4") @ lowprec.fake_quantize(bt, lowprec.NVFP4.replace(axis=0))
+    exact = a @ b
+    c_rand, c_plain = qgemm(3), qgemm(None)
+    assert not torch.equal(c_rand, c_plain)
+    for c in (c_rand, c_plain):
+        assert (c - exact).norm() / exact.norm() < 0.2

@@ -189,12 +189,14 @@ LOWPREC_HD float block_amax(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
-// Tensor (second-level) encode scale S_enc = (scale max * element max) / amax in fp32, or 1
-// when amax is not > 0 or S_enc is not finite (lowprec/reference/scales.py).
+// Tensor (second-level) encode scale S_enc = (scale max * element max) / amax in fp32,
+// clamped to the largest finite fp32 when the quotient overflows; 1 when amax is not a finite
+// number > 0 (lowprec/reference/scales.py). The amax is over the finite elements.
 LOWPREC_HD float tensor_encode_scale(float amax, const BlockFormat& f) {
   const float num = static_cast<float>(static_cast<double>(f.scale.max) * static_cast<double>(f.elem.max));
-  const float s = num / amax;
-  return (isfinite(s) && amax > 0.0f) ? s : 1.0f;
+  float s = num / amax;
+  s = s > 3.402823466e38f ? 3.402823466e38f : s;
+  return (isfinite(amax) && amax > 0.0f) ? s : 1.0f;
 }
 
 // Scale code of a block (uint8 for e8m0/minifloat), given its amax and S_enc.
