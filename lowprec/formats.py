@@ -260,6 +260,12 @@ class QuantFormat:
     ``scale_rule``: ``floor``/``ceil``/``even``/``rceil`` (e8m0 only) or ``amax``;
     ``scale_rounding``: how ``amax`` rounds the scale into its format, ``nearest`` (ties to
     even) or ``up`` (nothing clips).  ``tensor_scale``: NVFP4-style second level fp32 scale.
+    ``division``: how a value is divided by a scale. ``ieee`` (default): correctly rounded
+    quotients, scale_hp = (amax / elem_max) * S_enc, s_eff = decode / S_enc, x / s_eff.
+    ``reciprocal``: multiplication by fp32 reciprocals, as NVIDIA's kernels and Transformer
+    Engine compute: scale_hp = amax * (S_enc * fp32(1 / elem_max)), s_eff = decode * fp32(1 /
+    S_enc), x * min(fp32(1 / s_eff), fp32 max). The two differ only near rounding ties; with
+    power-of-two scales and no tensor scale (MX formats) they are identical.
     """
 
     element: ElementFormat = E2M1
@@ -271,6 +277,7 @@ class QuantFormat:
     scale_rule: ScaleRule = "floor"
     scale_rounding: Literal["nearest", "up"] = "nearest"
     name: str = ""
+    division: Literal["ieee", "reciprocal"] = "ieee"
 
     def __post_init__(self):
         object.__setattr__(self, "element", element_format(self.element))
@@ -285,6 +292,8 @@ class QuantFormat:
             raise ValueError(f"{self.scale.name} scales take scale_rule='amax', got {self.scale_rule!r}")
         if self.scale_rounding not in ("nearest", "up"):
             raise ValueError(f"scale_rounding must be 'nearest' or 'up', got {self.scale_rounding!r}")
+        if self.division not in ("ieee", "reciprocal"):
+            raise ValueError(f"division must be 'ieee' or 'reciprocal', got {self.division!r}")
         if self.tensor_scale and self.scale.kind != "minifloat":
             raise ValueError(f"a tensor scale needs minifloat block scales (ue4m3, ue5m3): S_enc = scale_max * "
                              f"elem_max / amax overflows fp32 for {self.scale.name} scales (max {self.scale.max:.3g}), "
@@ -329,7 +338,8 @@ class QuantFormat:
             return self.name
         blocks = f"{self.block_size}x{self.block_size}" if self.block_2d else f"1x{self.block_size}"
         return (f"{self.element.name}/{self.scale!r}/{blocks}/{self.scale_rule}"
-                + ("+tensor" if self.tensor_scale else ""))
+                + ("/up" if self.scale_rounding == "up" else "") + ("+tensor" if self.tensor_scale else "")
+                + ("+rcp" if self.division == "reciprocal" else ""))
 
 
 MXFP4 = QuantFormat(E2M1, E8M0, 32, scale_rule="floor", name="mxfp4")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "large_empty.h"
+#include "lowprec/formats.h"
 #include "panels.h"
 #include "simd.h"
 
@@ -30,6 +31,8 @@ struct DequantJob {
   float elem_table[256];      // code -> value (NaN past the format's codes)
   bool has_tensor_scale;
   float tensor_scale;
+  bool reciprocal;          // division: s_eff = decode * fp32(1 / tensor scale)
+  float tensor_scale_inv;
   float* out;
 };
 
@@ -41,7 +44,7 @@ LOWPREC_ISA_CLONES void dequantize_row(const DequantJob& j, int64_t row, std::ve
   for (int64_t q = 0; q < g.groups; ++q) {
     const int64_t si = srow * g.groups + q;
     float sv = j.scale_fp32 ? j.scale_fp32[si] : j.scale_table[j.scale_codes[si]];
-    if (j.has_tensor_scale) sv = sv / j.tensor_scale;
+    if (j.has_tensor_scale) sv = j.reciprocal ? sv * j.tensor_scale_inv : sv / j.tensor_scale;
     for (int64_t k = q * g.gw; k < (q + 1) * g.gw; ++k) s[k] = sv;
   }
   const int64_t stored_row = g.mode == kRows ? row : b * g.padded_M() + m;
@@ -65,9 +68,11 @@ LOWPREC_ISA_CLONES void dequantize_row(const DequantJob& j, int64_t row, std::ve
 at::Tensor dequantize_panels_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& scale_table,
                                  const at::Tensor& elem_table, const c10::optional<at::Tensor>& tensor_scale,
                                  c10::IntArrayRef geometry, bool packed) {
-  TORCH_CHECK(geometry.size() == 5 && (geometry[3] == kRows || geometry[3] == kTiles) && geometry[4] >= 2 &&
+  TORCH_CHECK((geometry.size() == 5 || (geometry.size() == 6 && (geometry[5] == kIeee || geometry[5] == kReciprocal))) &&
+                  (geometry[3] == kRows || geometry[3] == kTiles) && geometry[4] >= 2 &&
                   geometry[4] <= 128 && geometry[4] % 2 == 0,
-              "lowprec::dequantize_panels: geometry is [Bt, M, N, mode (0 rows or 2 tiles), even block <= 128]");
+              "lowprec::dequantize_panels: geometry is [Bt, M, N, mode (0 rows or 2 tiles), even block <= 128, "
+              "division (optional: 0 ieee, 1 reciprocal)]");
   DequantJob j{PanelGeometry(geometry[0], geometry[1], geometry[2], int(geometry[3]), int(geometry[4]))};
   const PanelGeometry& g = j.g;
   TORCH_CHECK(codes.device().is_cpu() && codes.scalar_type() == at::kByte && codes.is_contiguous() &&
@@ -100,6 +105,8 @@ at::Tensor dequantize_panels_cpu(const at::Tensor& codes, const at::Tensor& scal
   }
   j.has_tensor_scale = tensor_scale.has_value() && tensor_scale->defined();
   if (j.has_tensor_scale) j.tensor_scale = tensor_scale->to(at::kFloat).item<float>();
+  j.reciprocal = geometry.size() == 6 && geometry[5] == kReciprocal;
+  j.tensor_scale_inv = j.has_tensor_scale ? 1.0f / j.tensor_scale : 1.0f;
   auto out = large_empty({g.Bt, g.M, g.N}, codes.options().dtype(at::kFloat));
   j.out = out.data_ptr<float>();
   at::parallel_for(0, g.Bt * g.M, 16, [&](int64_t begin, int64_t end) {

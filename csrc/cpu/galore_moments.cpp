@@ -231,8 +231,8 @@ std::vector<at::Tensor> galore_adam_lowbit_cpu(const at::Tensor& r, const at::Te
       for (int64_t b = begin; b < end; ++b) block_update(pr, m, s, l, a, b / bpr, b % bpr, pm + b * block,
                                                          ps + b * block, pn);
     });
-    m_enc = tensor_encode_scale(block_amax(pm, nblk * block), fmt);
-    s_enc = tensor_encode_scale(block_amax(ps, nblk * block), fmt);
+    m_enc = tensor_encode_scale(finite_amax(pm, nblk * block), fmt);
+    s_enc = tensor_encode_scale(finite_amax(ps, nblk * block), fmt);
     at::parallel_for(0, nblk, 64, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         quantize_block(pm + b * block, l, fmt, m_enc, sd, mo, b / bpr, b % bpr, pmc, ldc, pms, bpr);

@@ -33,7 +33,7 @@ struct QuantJob {
   float s_enc;
   int rounding;
   uint64_t seed, offset;
-  bool inverse_multiply;   // scales are powers of two: x * (1 / s) == x / s exactly
+  bool inverse_multiply;   // x * min(1 / s, fp32 max): reciprocal division, or power-of-two scales (exact)
   const float* scale_table;
   const float* x32;
   const uint16_t* x16;     // bf16 input, or null
@@ -98,9 +98,9 @@ LOWPREC_INLINE void load_panel(const QuantJob& j, Scratch& sc, int64_t b, int64_
 // Effective scale of a block (the divisor of its elements) from its amax; writes its stored scale.
 inline float block_scale(const QuantJob& j, float amax, int64_t scale_index) {
   if (j.fmt.scale_kind == kFp32Scale) {
-    const float dec = (amax / j.fmt.elem.max) * j.s_enc;
+    const float dec = high_precision_scale(amax, j.fmt, j.s_enc);
     if (j.scale_fp32) j.scale_fp32[scale_index] = dec;
-    return dec / j.s_enc;
+    return effective_scale(dec, j.fmt, j.s_enc);
   }
   if (!std::isfinite(amax) && j.fmt.scale_kind == kMinifloatScale && j.fmt.scale.nan_code < 0) {
     j.unmarkable_nan->store(true, std::memory_order_relaxed);   // raised after the parallel region
@@ -108,7 +108,7 @@ inline float block_scale(const QuantJob& j, float amax, int64_t scale_index) {
   }
   const uint32_t code = scale_code(amax, j.fmt, j.s_enc);
   if (j.scale_codes) j.scale_codes[scale_index] = static_cast<uint8_t>(code);
-  return j.scale_table[code] / j.s_enc;
+  return effective_scale(j.scale_table[code], j.fmt, j.s_enc);
 }
 
 // Where the panel's first column group stores its scale, and the step to the next group.
@@ -149,12 +149,13 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
       value = (code == 0) ? splat(j.scale_table[0]) : as_f(code << 23);
       scalar = ((field == 0) & (as_i(a) != 0)) | (field == 255);
     } else {
-      const vf hp = (amax / j.fmt.elem.max) * j.s_enc;
+      const vf hp = j.fmt.division == kReciprocal ? amax * (j.s_enc * (1.0f / j.fmt.elem.max))
+                                                  : (amax / j.fmt.elem.max) * j.s_enc;
       code = j.fmt.scale_rounding == kUp ? encode<kUp>(hp, scoder, splat_i(0), &value)
                                          : encode<kNearest>(hp, scoder, splat_i(0), &value);
       scalar = (abs_bits(amax) >= 0x7F800000);   // Inf or NaN
     }
-    store(gs + q, value / j.s_enc);
+    store(gs + q, j.fmt.division == kReciprocal ? value * (1.0f / j.s_enc) : value / j.s_enc);
     for (int l = 0; l < W; ++l) {
       const int64_t at = slot.first + (q + l) * slot.second;
       if (scalar[l]) gs[q + l] = block_scale(j, gamax[q + l], at);
@@ -213,7 +214,7 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
   // directly, else (and for the per-element s_eff / amax outputs) they are spread over columns.
   const float* gs = sc.group_s.data();
   float* ginv = sc.group_inv.data();
-  for (int64_t q = 0; q < n_groups; ++q) ginv[q] = j.inverse_multiply ? 1.0f / gs[q] : 1.0f;
+  for (int64_t q = 0; q < n_groups; ++q) ginv[q] = j.inverse_multiply ? element_multiplier(gs[q]) : 1.0f;
   if (g.gw % W == 0 && !j.amax_out) {
     // one splatted vector per group (and a unit one after the last), which code_row loads:
     // from a scalar splat GCC 12 scalarizes the s == 0 select lane by lane
@@ -431,7 +432,8 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
     j.s_enc = tensor_encode_scale(a, j.fmt);
   }
   s_enc_out = at::full({}, j.s_enc, x.options().dtype(at::kFloat));
-  j.inverse_multiply = j.fmt.scale_kind == kE8M0 && !j.fmt.tensor_scale;
+  // multiply by the reciprocal: what 'reciprocal' division means, and exact for power-of-two scales
+  j.inverse_multiply = j.fmt.division == kReciprocal || (j.fmt.scale_kind == kE8M0 && !j.fmt.tensor_scale);
   j.scale_table = j.fmt.scale_kind == kFp32Scale ? nullptr : scale_table.data_ptr<float>();
   TORCH_CHECK(x.is_non_overlapping_and_dense(), "lowprec panel kernels: x must be dense (a permuted view at most)");
   j.unit_stride = x.is_contiguous();

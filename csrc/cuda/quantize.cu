@@ -20,13 +20,13 @@ __device__ __forceinline__ float block_scale_dev(float amax, const CudaParams& p
                                                  uint32_t* code, float* fp32) {
   float dec;
   if (p.fmt.scale_kind == kFp32Scale) {
-    dec = __fdiv_rn(amax, p.fmt.elem.max) * p.s_enc;
+    dec = high_precision_scale(amax, p.fmt, p.s_enc);   // compiled with --fmad=false: no contraction
     *fp32 = dec;
   } else {
     *code = scale_code(amax, p.fmt, p.s_enc);
     dec = table[*code];
   }
-  return __fdiv_rn(dec, p.s_enc);
+  return effective_scale(dec, p.fmt, p.s_enc);
 }
 
 // mode 0: write codes + scales; mode 1: write x_hat + amax. s_eff always.
@@ -58,7 +58,8 @@ __global__ void block_quantize_kernel(const float* __restrict__ x, const uint8_t
     const int64_t i = b * bs + j;
     uint32_t r = 0;
     if (p.rounding == kStochastic) r = p.inline_rng ? random_byte(p.seed, p.offset, static_cast<uint64_t>(i)) : rand[i];
-    const float xs = (s == 0.0f) ? 0.0f : __fdiv_rn(xr[j], s);
+    const float xs = (s == 0.0f) ? 0.0f
+                     : (p.fmt.division == kReciprocal ? xr[j] * element_multiplier(s) : __fdiv_rn(xr[j], s));
     const float v = round_element(xs, p.fmt.elem, p.rounding, r);
     if (write_codes) codes[i] = static_cast<uint8_t>(element_code(v, p.fmt.elem));
     else xhat[i] = v * s;

@@ -11,13 +11,14 @@ import torch
 from ..formats import QuantFormat, get_format
 from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
 from ..reference.checks import check_quantize_call
-from ..reference.scales import finite_amax, tensor_encode_scale
+from ..reference.scales import effective_scale, finite_amax, tensor_encode_scale
 from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 
 F32 = torch.float32
 ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
 RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
 SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
+DIVISION_IDS = {"ieee": 0, "reciprocal": 1}
 WIDENED_IN_KERNEL = (torch.float32, torch.bfloat16, torch.float16)   # dtypes a kernel loads and stores as they are
 
 
@@ -26,7 +27,8 @@ def format_params(fmt: QuantFormat):
     e, s = fmt.element, fmt.scale
     ints = [e.ebits, e.mbits, e.bias, -1 if e.nan_code is None else e.nan_code, e.emax,
             SCALE_KIND_IDS[s.kind], s.ebits, s.mbits, s.bias, -1 if s.nan_code is None else s.nan_code,
-            RULE_IDS[fmt.scale_rule], 3 if fmt.scale_rounding == "up" else 0, int(fmt.tensor_scale)]
+            RULE_IDS[fmt.scale_rule], 3 if fmt.scale_rounding == "up" else 0, int(fmt.tensor_scale),
+            DIVISION_IDS[fmt.division]]
     floats = [float(e.max), float(s.max) if s.kind == "minifloat" else 0.0]
     return ints, floats
 
@@ -116,7 +118,6 @@ def dequantize_with(q: QuantizedTensor, kernel, dtype=None) -> torch.Tensor:
     blocks = to_blocks(codes, layout)
     grid = blocks.shape[:-1]
     s_eff = q.scales.to(F32) if q.fmt.scale.kind == "fp32" else q.fmt.scale.table(q.device)[q.scales.long()]
-    if q.tensor_scale is not None:
-        s_eff = s_eff / q.tensor_scale
+    s_eff = effective_scale(s_eff, q.fmt, q.tensor_scale)
     out = kernel(blocks.reshape(-1, bs).contiguous(), s_eff.reshape(-1).contiguous(), q.fmt.element.table(q.device))
     return from_stored(from_blocks(out.reshape(*grid, bs), layout), layout).to(dtype or q.dtype)

@@ -48,17 +48,23 @@ _ops.register("hadamard", "cpp")(hadamard)
 
 
 def _cpu_fp32(t, what):
-    if t.device.type != "cpu" or t.dtype != torch.float32:
-        raise _ops.BackendUnavailable(f"backend 'cpp' {what} takes fp32 CPU tensors, got {t.dtype} on {t.device}")
+    """t as a contiguous fp32 CPU tensor: bf16/fp16 widen exactly (order and values kept), so
+    backend='auto' never refuses what the reference accepts."""
+    if t.device.type != "cpu":
+        raise _ops.BackendUnavailable(f"backend 'cpp' {what} runs on CPU tensors, not {t.device}")
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{what} takes float32, bfloat16 or float16, got {t.dtype}")
+    return t.to(torch.float32).contiguous()
 
 
 @_ops.register("nm_mask", "cpp")
 def nm_mask(scores, n=2, m=4):
-    _cpu_fp32(scores, "nm_mask")
-    return torch.ops.lowprec.nm_mask(scores.contiguous(), n, m)
+    return torch.ops.lowprec.nm_mask(_cpu_fp32(scores, "nm_mask"), n, m)
 
 
 @_ops.register("compress_24", "cpp")
 def compress_24(w, mask):
-    _cpu_fp32(w, "compress_24")
-    return torch.ops.lowprec.compress_24(w.contiguous(), mask.contiguous())
+    if mask.shape != w.shape or mask.dtype != torch.bool:
+        raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
+    values, meta = torch.ops.lowprec.compress_24(_cpu_fp32(w, "compress_24"), mask.contiguous())
+    return values.to(w.dtype), meta

@@ -50,7 +50,7 @@ def _fake_fake_quantize_panels(x, scale_table, iparams, fparams, geometry, amax,
 
 torch.library.register_fake("lowprec::dequantize_panels")(
     lambda codes, scales, scale_table, elem_table, tensor_scale, geometry, packed:
-    codes.new_empty(tuple(geometry[:3]), dtype=torch.float32))
+    codes.new_empty(tuple(geometry[:3]), dtype=torch.float32))  # geometry[5], if given: division
 torch.library.register_fake("lowprec::random_bytes")(
     lambda seed, offset, numel, device: torch.empty((numel,), dtype=torch.uint8, device=device))
 torch.library.register_fake("lowprec::hadamard_panels")(lambda x, n, signs, inverse, mode: torch.empty_like(x))

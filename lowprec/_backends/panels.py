@@ -16,7 +16,7 @@ from ..formats import QuantFormat, get_format
 from ..reference.blocking import from_stored, make_layout
 from ..reference.checks import check_quantize_call
 from ..tensor import QuantizedTensor
-from .blocked import ROUNDING_IDS, format_params, int64_bits, scale_table
+from .blocked import DIVISION_IDS, ROUNDING_IDS, format_params, int64_bits, scale_table
 
 ROWS, COLS, TILES = 0, 1, 2
 
@@ -122,6 +122,7 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
     scales_table = _format_args(fmt)[0]
     out = torch.ops.lowprec.dequantize_panels(q.codes.contiguous(), q.scales.contiguous(), scales_table,
                                               _element_table(fmt.element), q.tensor_scale,
-                                              [bt, m, n, mode, fmt.block_size], q.packed)
+                                              [bt, m, n, mode, fmt.block_size, DIVISION_IDS[fmt.division]],
+                                              q.packed)
     out = out.view(q.shape) if fmt.block_2d else from_stored(out.view(*layout.stored[:-1], q.shape[layout.axis]), layout)
     return out.to(dtype or q.dtype)

@@ -8,7 +8,7 @@ import torch
 from .. import ops
 from ..tensor import QuantizedTensor
 from ..reference.blocking import from_stored, make_layout
-from .blocked import (ROUNDING_IDS, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
+from .blocked import (DIVISION_IDS, ROUNDING_IDS, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
                       scale_table)
 
 try:
@@ -60,7 +60,7 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0), E_EMAX=ints[4],
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
-        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack,
+        INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack, DIVISION=ints[13],
         enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
     return codes, scales, xhat, s_eff, amax
 
@@ -97,25 +97,26 @@ def dequantize(q: QuantizedTensor, dtype=None) -> torch.Tensor:
     if q.fmt.block_2d or dtype not in WIDENED_IN_KERNEL:
         def kernel(codes, s_eff, table):
             out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
-            _launch_dequant(codes, s_eff, table, table, out, False, 2, None)
+            _launch_dequant(codes, s_eff, table, table, out, False, 2, None, 0)
             return out
         return dequantize_with(q, kernel, dtype)
     layout = make_layout(q.shape, q.fmt)
     bs = q.fmt.block_size
     out = torch.empty(layout.stored, dtype=dtype, device=q.device)
     _launch_dequant(q.codes.reshape(-1, bs // 2 if q.packed else bs), q.scales.reshape(-1), scale_table(q.fmt, q.device),
-                    q.fmt.element.table(q.device), out.view(-1, bs), q.packed, SCALE_KIND_IDS[q.fmt.scale.kind], q.tensor_scale)
+                    q.fmt.element.table(q.device), out.view(-1, bs), q.packed, SCALE_KIND_IDS[q.fmt.scale.kind], q.tensor_scale,
+                    DIVISION_IDS[q.fmt.division])
     return from_stored(out, layout)
 
 
-def _launch_dequant(codes, scales, table_s, table_e, out, packed, s_kind, tensor_scale):
+def _launch_dequant(codes, scales, table_s, table_e, out, packed, s_kind, tensor_scale, division):
     n, bs = out.shape
     bs_p2 = triton.next_power_of_2(bs)
     rows = rows_per_program(bs_p2)
     _dequant_kernel[(triton.cdiv(n, rows),)](codes, scales.contiguous(), table_s, table_e, out, n,
                                              1.0 if tensor_scale is None else float(tensor_scale),
                                              BS=bs, BS_P2=bs_p2, ROWS=rows, PACKED=packed, S_KIND=s_kind,
-                                             TENSOR_SCALE=tensor_scale is not None, OUT_BF16=out.dtype == torch.bfloat16,
+                                             TENSOR_SCALE=tensor_scale is not None, OUT_BF16=out.dtype == torch.bfloat16, DIVISION=division,
                                              enable_fp_fusion=False)
 
 
@@ -190,7 +191,7 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
     consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
-                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed)
+                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13])
     grid = (R // n, C // n)
     dev = x.device
     table = scale_table(fmt, dev)
@@ -231,11 +232,11 @@ MASK_GROUPS = 64
 
 @ops.register("nm_mask", "triton")
 def nm_mask(scores, n=2, m=4):
-    if scores.dtype != torch.float32:
-        raise ops.BackendUnavailable(f"backend 'triton' nm_mask takes fp32 scores, got {scores.dtype}")
+    if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"nm_mask takes float32, bfloat16 or float16 scores, got {scores.dtype}")
     if m & (m - 1) or m > 32:
         raise ops.BackendUnavailable(f"backend 'triton' nm_mask needs a power-of-two group size <= 32, got m={m}")
-    s = scores.contiguous()
+    s = scores.to(torch.float32).contiguous()   # bf16/fp16 widen exactly: the same order
     out = torch.empty(s.shape, dtype=torch.int8, device=s.device)
     bad = torch.zeros(1, dtype=torch.int32, device=s.device)
     groups = s.numel() // m
@@ -247,16 +248,16 @@ def nm_mask(scores, n=2, m=4):
 
 @ops.register("compress_24", "triton")
 def compress_24(w, mask):
-    if w.dtype != torch.float32:
-        raise ops.BackendUnavailable(f"backend 'triton' compress_24 takes fp32, got {w.dtype}")
+    if w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"compress_24 takes float32, bfloat16 or float16, got {w.dtype}")
     if mask.shape != w.shape or mask.dtype != torch.bool or w.dim() < 1 or w.shape[-1] % 8:
         raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
-    x, k = w.contiguous(), mask.contiguous().view(torch.int8)
-    values = torch.empty(*w.shape[:-1], w.shape[-1] // 2, dtype=w.dtype, device=w.device)
+    x, k = w.to(torch.float32).contiguous(), mask.contiguous().view(torch.int8)
+    values = torch.empty(*w.shape[:-1], w.shape[-1] // 2, dtype=torch.float32, device=w.device)
     meta = torch.empty(*w.shape[:-1], w.shape[-1] // 8, dtype=torch.uint8, device=w.device)
     bad = torch.zeros(1, dtype=torch.int32, device=w.device)
     pairs = w.numel() // 8
     _compress_24_kernel[(triton.cdiv(pairs, MASK_GROUPS),)](x, k, values, meta, bad, pairs, P=MASK_GROUPS)
     if int(bad.item()):
         raise ValueError("mask is not exactly 2:4")
-    return values, meta
+    return values.to(w.dtype), meta

@@ -172,7 +172,7 @@ def triton_moments(r, m_st, v_st, fmt_name, sc: MomentScalars, seed, offset):
     if fmt.tensor_scale:
         blocks = torch.empty(n_blocks, 2, dtype=torch.float32, device=r.device)
         launch(0, (none, none, none, none, none), blocks, s_enc)
-        amax = blocks.amax(0)                                  # NaN propagates
+        amax = blocks.amax(0)                                  # block amaxes over finite values
         t_m, t_s = tensor_encode_scale(amax[0], fmt), tensor_encode_scale(amax[1], fmt)
         s_enc = (t_m, t_s)
     outs = (torch.empty_like(r), torch.empty_like(mc), torch.empty_like(ms), torch.empty_like(scodes),

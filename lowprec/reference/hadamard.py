@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from .checks import check_uint64
 from .philox import random_bytes
 
 MAX_HADAMARD = 1 << 15
@@ -84,6 +85,10 @@ def check_blockwise(x: torch.Tensor, n: int, axis: int) -> int:
     check_size(n)
     if x.dim() == 0:
         raise ValueError("hadamard needs a tensor with at least one dim")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
+    if not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis {axis} is out of range for a {x.dim()}-d tensor")
     axis = axis % x.dim()
     if x.shape[axis] % n:
         raise ValueError(f"dim {axis} has {x.shape[axis]} elements, not a multiple of the Hadamard size {n}")
@@ -123,9 +128,14 @@ def resolve_signs(x: torch.Tensor, block_size: int, seed: Optional[int], signs: 
         raise ValueError("give either seed or signs, not both")
     check_size(block_size)
     if seed is not None:
-        signs = random_signs(seed, block_size, device=x.device)
-    if signs is not None and signs.shape != (block_size,):
-        raise ValueError(f"signs must have shape ({block_size},), got {tuple(signs.shape)}")
+        signs = random_signs(check_uint64("seed", seed), block_size, device=x.device)
+    elif signs is not None:
+        if not isinstance(signs, torch.Tensor) or not signs.is_floating_point():
+            raise TypeError(f"signs must be a floating-point tensor of +1/-1, got {signs!r}")
+        if signs.shape != (block_size,):
+            raise ValueError(f"signs must have shape ({block_size},), got {tuple(signs.shape)}")
+        if not bool((signs.abs() == 1).all()):
+            raise ValueError("signs must be +1 or -1 (a diagonal of signs keeps the transform orthogonal)")
     return signs
 
 

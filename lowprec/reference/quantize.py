@@ -5,7 +5,8 @@ quantize(x):
   2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1;
      amax_tensor is over the finite elements, S_enc is clamped to the largest finite fp32.
   3. scale code = rule(amax_b, S_enc) (``scales``); s_b = decode(code) / S_enc.
-  4. x_scaled = x / s_b (0 where s_b == 0), rounded on the element grid (nearest, stochastic
+  4. x_scaled = x / s_b (0 where s_b == 0; with ``division="reciprocal"`` the divisions of
+     steps 3-4 are multiplications by fp32 reciprocals, see ``scales``), rounded on the element grid (nearest, stochastic
      with the Philox bytes of each element's row-major index in the original tensor, or
      toward zero), saturated at ±elem_max; NaN in the scaled value -> the element's NaN
      code, or 0 where it has none (the block's NaN scale still marks it).
@@ -24,7 +25,8 @@ from .checks import check_quantize_call
 from .blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
 from .philox import random_bytes
 from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
-from .scales import compute_scale_codes, decode_scales, finite_amax, tensor_encode_scale
+from .scales import (compute_scale_codes, decode_scales, effective_scale, finite_amax, scale_elements,
+                     tensor_encode_scale)
 
 F32 = torch.float32
 
@@ -39,7 +41,7 @@ def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional
     else:
         s_enc = torch.ones((), dtype=F32, device=x_blocks.device)
     codes = compute_scale_codes(amax, fmt, s_enc)
-    s_eff = decode_scales(codes, fmt.scale) / s_enc
+    s_eff = effective_scale(decode_scales(codes, fmt.scale), fmt, s_enc if fmt.tensor_scale else None)
     return codes, s_enc, s_eff
 
 
@@ -63,8 +65,7 @@ def scaled_blocks(x: torch.Tensor, fmt: QuantFormat, rounding: str, seed, offset
     layout = make_layout(x.shape, fmt, strict)
     xb = to_blocks(to_stored(x.to(F32), layout), layout)
     scale_codes, s_enc, s_eff = block_scales(xb, fmt, amax_tensor)
-    s = s_eff.unsqueeze(-1)
-    x_scaled = torch.where(s == 0, torch.zeros_like(xb), xb / s)
+    x_scaled = scale_elements(xb, s_eff.unsqueeze(-1), fmt)
     rand = None
     if rounding == "stochastic":
         r = random_bytes(seed, offset, x.numel(), device=x.device).reshape(x.shape)
@@ -98,9 +99,7 @@ def dequantize(q: QuantizedTensor, dtype: Optional[torch.dtype] = None) -> torch
     layout = layout_of(q)
     codes = unpack_nibbles(q.codes) if q.packed else q.codes
     values = q.fmt.element.table(codes.device)[codes.to(torch.int64)]
-    s_eff = decode_scales(q.scales, q.fmt.scale)
-    if q.tensor_scale is not None:
-        s_eff = s_eff / q.tensor_scale
+    s_eff = effective_scale(decode_scales(q.scales, q.fmt.scale), q.fmt, q.tensor_scale)
     xb = to_blocks(values, layout) * s_eff.unsqueeze(-1)
     return from_stored(from_blocks(xb, layout), layout).to(dtype or q.dtype)
 

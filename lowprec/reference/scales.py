@@ -8,8 +8,9 @@ clamped to [-127, 127], code = shared_exp + 127:
           width (m bits after the point, ties away from zero, like adding half an ulp and
           truncating): the exponent moves up when the block max would round past the binade
   rceil:  ceil(log2(amax / elem_max))                    (nothing clips)
-amax rule (ue4m3, ue5m3, fp32): scale_hp = (amax / elem_max) * S_enc in fp32, encoded with
-round-to-nearest-even (or upward) and saturated at the scale format's max.
+amax rule (ue4m3, ue5m3, fp32): scale_hp = (amax / elem_max) * S_enc in fp32 (with
+'reciprocal' division amax * (S_enc * fp32(1 / elem_max))), encoded with round-to-nearest-even
+(or upward) and saturated at the scale format's max.
 A block whose amax is NaN or Inf gets the NaN code (fp32: a NaN scale).
 amax = 0 gives the smallest e8m0 scale (elements are then all zero) or a zero scale.
 """
@@ -58,6 +59,39 @@ def tensor_encode_scale(amax_tensor: torch.Tensor, fmt: QuantFormat) -> torch.Te
     return torch.where(ok, s_enc, torch.ones_like(s_enc))
 
 
+def reciprocal(t: torch.Tensor) -> torch.Tensor:
+    """fp32(1 / t), a correctly rounded division (the reciprocal that 'reciprocal' division uses)."""
+    return torch.ones_like(t, dtype=F32) / t.to(F32)
+
+
+def high_precision_scale(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor) -> torch.Tensor:
+    """The block scale before it is encoded: (amax / elem_max) * S_enc ('ieee'), or
+    amax * (S_enc * fp32(1 / elem_max)) ('reciprocal', Transformer Engine's order)."""
+    if fmt.division == "reciprocal":
+        inv_max = reciprocal(torch.tensor(fmt.element.max, dtype=F32, device=amax.device))
+        return amax * (s_enc * inv_max)
+    return (amax / fmt.element.max) * s_enc
+
+
+def effective_scale(decoded: torch.Tensor, fmt: QuantFormat, s_enc) -> torch.Tensor:
+    """s_eff, the per-block divisor of the elements: decode / S_enc ('ieee') or
+    decode * fp32(1 / S_enc) ('reciprocal'); S_enc None (no tensor scale) leaves decode."""
+    if s_enc is None:
+        return decoded
+    if fmt.division == "reciprocal":
+        return decoded * reciprocal(s_enc)
+    return decoded / s_enc
+
+
+def scale_elements(x: torch.Tensor, s: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """x / s ('ieee') or x * min(fp32(1 / s), fp32 max) ('reciprocal'); 0 where s == 0."""
+    if fmt.division == "reciprocal":
+        xs = x * torch.clamp(reciprocal(s), max=FP32_MAX)
+    else:
+        xs = x / s
+    return torch.where(s == 0, torch.zeros_like(xs), xs)
+
+
 def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor) -> torch.Tensor:
     """Scale codes (uint8; fp32 values for fp32 scales) for fp32 block amaxes."""
     amax = amax.to(F32)
@@ -85,7 +119,7 @@ def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tenso
         code = torch.where(bad, torch.full_like(code, 0xFF), code)
         return code.to(torch.uint8)
 
-    scale_hp = (amax / elem.max) * s_enc
+    scale_hp = high_precision_scale(amax, fmt, s_enc)
     if scale.kind == "fp32":
         return scale_hp
     v = round_to_grid(torch.where(bad, torch.zeros_like(scale_hp), scale_hp),

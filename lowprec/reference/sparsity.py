@@ -24,7 +24,7 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     check_groups(scores.shape, m)
     if torch.isnan(scores).any():
         raise ValueError("scores hold NaN: an N:M mask needs a total order")
-    g = scores.reshape(*scores.shape[:-1], -1, m)
+    g = scores.reshape(*scores.shape[:-1], scores.shape[-1] // m, m)
     order = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., :n]
     mask = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, order, True)
     return mask.reshape(scores.shape)
@@ -33,11 +33,13 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 def compress_24(w: torch.Tensor, mask: torch.Tensor):
     """(values [..., K/2], metadata uint8 [..., K/8]) of a 2:4-sparse ``w`` under ``mask``."""
     check_groups(w.shape, 8)
-    g = mask.reshape(*mask.shape[:-1], -1, 4)
+    if mask.shape != w.shape or mask.dtype != torch.bool:
+        raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
+    g = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 4, 4)
     if not bool((g.sum(-1) == 2).all()):
         raise ValueError("mask is not exactly 2:4")
     idx = torch.nonzero(g.reshape(-1, 4))[:, 1].reshape(*g.shape[:-1], 2)           # kept positions, ascending
-    values = torch.gather(w.reshape(*g.shape), -1, idx).reshape(*w.shape[:-1], -1)
+    values = torch.gather(w.reshape(*g.shape), -1, idx).reshape(*w.shape[:-1], w.shape[-1] // 2)
     nib = (idx[..., 0] | (idx[..., 1] << 2)).to(torch.uint8)                         # one nibble per group
     meta = nib[..., 0::2] | (nib[..., 1::2] << 4)
     return values, meta

@@ -79,6 +79,15 @@ def _amax2(x0, x1):
 
 
 @triton.jit
+def _finite_amax2(x0, x1):
+    """Row amax over the finite values of two half tiles (for the tensor scale: NaN compares false)."""
+    a0 = tl.abs(x0)
+    a1 = tl.abs(x1)
+    return tl.maximum(tl.max(tl.where(a0 < float("inf"), a0, 0.0), axis=1),
+                      tl.max(tl.where(a1 < float("inf"), a1, 0.0), axis=1))
+
+
+@triton.jit
 def _round_half(x, s, idx, seed, offset, E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr,
                 E_MAX: tl.constexpr, E_NAN: tl.constexpr):
     sb = s[:, None] + tl.zeros_like(x)
@@ -138,8 +147,8 @@ def lowbit_moments_kernel(r_ptr, n_ptr, mc, ms, sc, ss, omc, oms, osc, oss, amax
     m1, s1, n1 = _half_update(r_ptr, mc, ms, sc, ss, etab, stab, ts_m, ts_s, cols, i, j1, kb, ok1, b1, b2, c1, c2,
                               ibc1, ibc2, eps, LDC, LDS, PACKED)
     if PASS == 0:
-        tl.store(amax_ptr + 2 * blk, _amax2(m0, m1), mask=blk_ok)
-        tl.store(amax_ptr + 2 * blk + 1, _amax2(s0, s1), mask=blk_ok)
+        tl.store(amax_ptr + 2 * blk, _finite_amax2(m0, m1), mask=blk_ok)
+        tl.store(amax_ptr + 2 * blk + 1, _finite_amax2(s0, s1), mask=blk_ok)
     else:
         tl.store(n_ptr + i * cols + j0, n0, mask=ok0)
         tl.store(n_ptr + i * cols + j1, n1, mask=ok1)

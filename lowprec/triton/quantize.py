@@ -73,8 +73,9 @@ def _grid_code(v, EBITS: tl.constexpr, MBITS: tl.constexpr, BIAS: tl.constexpr, 
 def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_MAX: tl.constexpr,
                 E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
                 S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
-                S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr):
-    """(scale code, decoded scale or fp32 scale, s_eff = decoded / S_enc) of blocks with these amaxes."""
+                S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, DIVISION: tl.constexpr = 0):
+    """(scale code, decoded scale or fp32 scale, s_eff = decoded / S_enc) of blocks with these amaxes.
+    DIVISION 1 (reciprocal): scale_hp = amax * (S_enc * fp32(1 / elem_max)), s_eff = decoded * fp32(1 / S_enc)."""
     bad = (amax != amax) | (amax == float("inf"))
     if S_KIND == 0:  # e8m0
         am = tl.where(bad, 0.0, amax)
@@ -99,17 +100,46 @@ def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_M
         code = tl.where(bad, 255, code)
         dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
     elif S_KIND == 1:  # unsigned minifloat, amax rule
-        scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
+        scale_hp = _high_precision_scale(amax, s_enc, E_MAX, DIVISION)
         v = _round_grid(tl.where(bad, 0.0, scale_hp), S_EBITS, S_MBITS, S_BIAS, S_MAX, S_ROUND, 0)
         code = _grid_code(v, S_EBITS, S_MBITS, S_BIAS, 0, False)
         code = tl.where(bad, S_NAN, code)
         dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
     else:  # fp32 scales
         code = tl.zeros_like(amax).to(tl.int32)
-        scale_hp = tl.math.div_rn(amax, E_MAX) * s_enc
+        scale_hp = _high_precision_scale(amax, s_enc, E_MAX, DIVISION)
         dec = scale_hp
-    s = tl.math.div_rn(dec, s_enc + tl.zeros_like(dec))   # (0 * dec would be NaN for an inf scale)
+    if DIVISION == 1:
+        s = dec * _reciprocal(s_enc + tl.zeros_like(dec))
+    else:
+        s = tl.math.div_rn(dec, s_enc + tl.zeros_like(dec))   # (0 * dec would be NaN for an inf scale)
     return code, dec, s
+
+
+@triton.jit
+def _reciprocal(x):
+    """fp32(1 / x), correctly rounded."""
+    return tl.math.div_rn(1.0 + tl.zeros_like(x), x)
+
+
+@triton.jit
+def _high_precision_scale(amax, s_enc, E_MAX: tl.constexpr, DIVISION: tl.constexpr):
+    """(amax / elem_max) * S_enc, or amax * (S_enc * fp32(1 / elem_max)) for reciprocal division."""
+    if DIVISION == 1:
+        inv_max = _reciprocal(E_MAX + tl.zeros_like(amax))
+        return amax * (s_enc * inv_max)
+    return tl.math.div_rn(amax, E_MAX) * s_enc
+
+
+@triton.jit
+def scale_elements(x, sb, DIVISION: tl.constexpr):
+    """x / s_b, or x * min(fp32(1 / s_b), fp32 max) for reciprocal division; 0 where s_b == 0."""
+    if DIVISION == 1:
+        r = _reciprocal(sb)
+        xs = x * tl.where(r > 3.4028234663852886e38, 3.4028234663852886e38, r)   # NaN stays NaN
+    else:
+        xs = tl.math.div_rn(x, sb)
+    return tl.where(sb == 0.0, 0.0, xs)
 
 
 @triton.jit
@@ -138,17 +168,17 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
                   E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
                   S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
                   S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
-                  INLINE_RNG: tl.constexpr):
+                  INLINE_RNG: tl.constexpr, DIVISION: tl.constexpr = 0):
     """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
     row-major index in the tensor being quantized (Philox counter offset + idx // 16).
     Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
     amax = row_amax(x)
     code, dec, s = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, E_MAX, E_EMAX, S_KIND, S_EBITS,
-                               S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE)
+                               S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, DIVISION)
 
     # elements
     sb = s[:, None] + tl.zeros_like(x)
-    xs = tl.where(sb == 0.0, 0.0, tl.math.div_rn(x, sb))
+    xs = scale_elements(x, sb, DIVISION)
     if ROUNDING == 1:
         if INLINE_RNG:
             rbyte = philox_byte(seed, offset, idx)
@@ -183,7 +213,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
                   S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
                   S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                   TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
-                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr):
+                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr, DIVISION: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
@@ -193,7 +223,8 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     v, code, dec, s, amax, sb = quantize_rows(
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
-        E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG)
+        E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG,
+        DIVISION)
     if WRITE_CODES:
         store_codes(codes_ptr, idx, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), mask, ROWS, BS_P2, PACK)
         if S_KIND == 2:
@@ -209,7 +240,8 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
 @triton.jit
 def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_ptr, n_blocks, tensor_scale,
                     BS: tl.constexpr, BS_P2: tl.constexpr, ROWS: tl.constexpr, PACKED: tl.constexpr,
-                    S_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr, OUT_BF16: tl.constexpr):
+                    S_KIND: tl.constexpr, TENSOR_SCALE: tl.constexpr, OUT_BF16: tl.constexpr,
+                    DIVISION: tl.constexpr):
     """out = value(code) * s_eff per block, s_eff = decode(scale code) [/ tensor scale]
     (S_KIND 2: the scales are fp32 s_eff already). The fp32 product is cast to out's dtype
     as it is stored (round to nearest even, as torch's .to())."""
@@ -232,7 +264,10 @@ def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_
         sc = tl.load(scales_ptr + rows, mask=row_ok, other=0).to(tl.int32)
         s = tl.load(scale_table_ptr + sc, mask=row_ok, other=0.0)
     if TENSOR_SCALE:
-        s = tl.math.div_rn(s, tensor_scale + tl.zeros_like(s))
+        if DIVISION == 1:
+            s = s * _reciprocal(tensor_scale + tl.zeros_like(s))
+        else:
+            s = tl.math.div_rn(s, tensor_scale + tl.zeros_like(s))
     v = tl.load(elem_table_ptr + c, mask=mask, other=0.0)
     out = v * s[:, None]
     if OUT_BF16:

@@ -22,7 +22,12 @@ FORMATS = [F.MXFP4, F.NVFP4, F.UE5M3_FP4, F.MXFP8, F.MXFP6_E2M3, F.MXFP6_E3M2, F
            F.NVFP4.replace(scale_rounding="up"), F.NVFP4.replace(block_2d=True), F.NVFP4.replace(tensor_scale=False),
            F.UE5M3_FP4.replace(scale=F.ue5m3("ieee")), F.UE5M3_FP4.replace(scale=F.ue5m3("all_finite")),
            F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax"), F.QuantFormat(F.E5M2, F.E8M0, 32),
-           F.QuantFormat(F.E4M3, F.UE4M3, 64, tensor_scale=True, scale_rule="amax")]
+           F.QuantFormat(F.E4M3, F.UE4M3, 64, tensor_scale=True, scale_rule="amax"),
+           F.NVFP4.replace(division="reciprocal"), F.NVFP4.replace(division="reciprocal", block_2d=True),
+           F.UE5M3_FP4.replace(division="reciprocal", scale_rounding="up"),
+           F.NVFP4.replace(division="reciprocal", tensor_scale=False),
+           F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax", division="reciprocal"),
+           F.MXFP4.replace(division="reciprocal")]
 
 
 def equal_nan(a, b):

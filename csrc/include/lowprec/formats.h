@@ -20,6 +20,9 @@ struct Minifloat {
 enum Rounding : int { kNearest = 0, kStochastic = 1, kZero = 2, kUp = 3 };
 enum ScaleKind : int { kE8M0 = 0, kMinifloatScale = 1, kFp32Scale = 2 };
 enum ScaleRule : int { kFloor = 0, kCeil = 1, kEven = 2, kRceil = 3, kAmax = 4 };
+// How values are divided by scales: correctly rounded quotients, or multiplication by fp32
+// reciprocals in Transformer Engine's order (QuantFormat.division; lowprec/reference/scales.py).
+enum Division : int { kIeee = 0, kReciprocal = 1 };
 
 struct BlockFormat {
   Minifloat elem;
@@ -29,7 +32,29 @@ struct BlockFormat {
   int rule;               // ScaleRule
   int scale_rounding;     // kNearest or kUp (amax rule)
   int tensor_scale;       // 1: scales carry S_enc
+  int division;           // Division
 };
+
+constexpr float kFp32Max = 3.402823466e38f;
+
+// The block scale before encoding: (amax / elem_max) * S_enc, or with reciprocal division
+// amax * (S_enc * fp32(1 / elem_max)).
+LOWPREC_HD float high_precision_scale(float amax, const BlockFormat& f, float s_enc) {
+  if (f.division == kReciprocal) return amax * (s_enc * (1.0f / f.elem.max));
+  return (amax / f.elem.max) * s_enc;
+}
+
+// s_eff = decode / S_enc, or decode * fp32(1 / S_enc) with reciprocal division.
+LOWPREC_HD float effective_scale(float decoded, const BlockFormat& f, float s_enc) {
+  if (f.division == kReciprocal) return decoded * (1.0f / s_enc);
+  return decoded / s_enc;
+}
+
+// The multiplier of the elements with reciprocal division: min(fp32(1 / s_eff), fp32 max).
+LOWPREC_HD float element_multiplier(float s_eff) {
+  const float r = 1.0f / s_eff;
+  return r > kFp32Max ? kFp32Max : r;
+}
 
 LOWPREC_HD float bits_to_float(uint32_t b) {
 #if defined(__CUDA_ARCH__)
@@ -189,6 +214,16 @@ LOWPREC_HD float block_amax(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+// max |x[j]| over the finite x[j] (0 when there are none): the amax a tensor scale is taken over.
+LOWPREC_HD float finite_amax(const float* x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = fabsf(x[j]);
+    m = (a > m && a < INFINITY) ? a : m;   // NaN compares false
+  }
+  return m;
+}
+
 // Tensor (second-level) encode scale S_enc = (scale max * element max) / amax in fp32,
 // clamped to the largest finite fp32 when the quotient overflows; 1 when amax is not a finite
 // number > 0 (lowprec/reference/scales.py). The amax is over the finite elements.
@@ -226,7 +261,7 @@ LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) 
     return static_cast<uint32_t>(shared + 127);
   }
   if (bad) return static_cast<uint32_t>(fmt.scale.nan_code);
-  const float scale_hp = (amax / fmt.elem.max) * s_enc;
+  const float scale_hp = high_precision_scale(amax, fmt, s_enc);
   const float v = round_to_grid(scale_hp, fmt.scale, fmt.scale_rounding, 0u);
   return grid_to_code(v, fmt.scale, false);
 }

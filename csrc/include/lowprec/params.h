@@ -9,7 +9,7 @@
 namespace lowprec {
 
 inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
-  TORCH_CHECK(ip.size() == 13 && fp.size() == 2, "lowprec: bad format parameter lists");
+  TORCH_CHECK(ip.size() == 14 && fp.size() == 2, "lowprec: bad format parameter lists");
   BlockFormat f;
   f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
   f.elem_emax = int(ip[4]);
@@ -21,6 +21,8 @@ inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> 
   f.rule = int(ip[10]);
   f.scale_rounding = int(ip[11]);
   f.tensor_scale = int(ip[12]);
+  f.division = int(ip[13]);
+  TORCH_CHECK(f.division == kIeee || f.division == kReciprocal, "lowprec: division is 0 (ieee) or 1 (reciprocal)");
   return f;
 }
 
