@@ -6,7 +6,7 @@
 Each T is a (randomized) block Hadamard transform applied to both operands along the
 GEMM's reduction axis, so the exact product is unchanged; tokens are zero-padded to a
 multiple of the wgrad Hadamard size.  The reference GEMM is the fp32 matmul of the
-fake-quantized operands (NUMERICS.md, "Quantized GEMM").  Bias and outputs stay in high
+fake-quantized operands (docs/numerics.md, "Quantized GEMM").  Bias and outputs stay in high
 precision.
 
 Stochastic rounding bits: the call reserves Philox counters for all six operands at

@@ -10,6 +10,7 @@ import torch
 from . import ops
 from ._backends import reference as _reference  # noqa: F401  (registers the reference ops)
 from .formats import get_format
+from .reference.checks import check_uint64
 from .tensor import QuantizedTensor
 
 
@@ -74,7 +75,12 @@ def hadamard(x: torch.Tensor, block_size: int = 16, axis: int = -1, seed: Option
 
 
 def random_bytes(seed: int, offset: int, numel: int, device=None, backend: str = "auto") -> torch.Tensor:
-    """The Philox byte stream of NUMERICS.md: byte i of randint4x(seed, offset + i // 16)."""
+    """The Philox byte stream: byte i is byte i % 16 of randint4x(seed, offset + i // 16), the
+    counter wrapping modulo 2**64; seed and offset are ints in [0, 2**64)."""
+    check_uint64("seed", seed)
+    check_uint64("offset", offset)
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
     return ops.resolve("random_bytes", backend, device)(seed, offset, numel, device=device)
 
 
@@ -82,12 +88,22 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, backend: str = "auto")
     """Keep the n largest scores of every m along the last dim (ties: lower index)."""
     if not 0 < n <= m:
         raise ValueError(f"need 0 < n <= m, got n={n}, m={m}")
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        raise TypeError(f"nm_mask takes floating-point scores, got {getattr(scores, 'dtype', type(scores).__name__)}")
     if scores.dim() < 1 or scores.shape[-1] % m:
         raise ValueError(f"cannot group a tensor of shape {tuple(scores.shape)} into groups of {m}: its last "
                          f"dim (in_features) must be a multiple of {m}")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores hold NaN: an N:M mask needs a total order")
     return ops.resolve("nm_mask", backend, scores.device)(scores, n, m)
 
 
 def compress_24(w: torch.Tensor, mask: torch.Tensor, backend: str = "auto"):
     """(kept values, 2-bit index metadata) of a 2:4-sparse tensor; see reference.sparsity."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"compress_24 takes a floating-point tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+    if not isinstance(mask, torch.Tensor) or mask.shape != w.shape or mask.dtype != torch.bool:
+        raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
+    if w.dim() < 1 or w.shape[-1] % 8:
+        raise ValueError(f"the last dim ({w.shape[-1] if w.dim() else 'none'}) must be a multiple of the group size 8")
     return ops.resolve("compress_24", backend, w.device)(w, mask)

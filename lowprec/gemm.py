@@ -1,6 +1,6 @@
 """Quantized GEMM: C = dequantize(A) @ dequantize(B)^T for A (M, K), B (N, K) quantized with
 blocks along K.  The reference is the fp32 matmul of the dequantized operands; fast
-backends may sum in another order (NUMERICS.md: error against fp64 at most twice the
+backends may sum in another order (docs/numerics.md: error against fp64 at most twice the
 reference's, plus a small atol)."""
 
 from __future__ import annotations

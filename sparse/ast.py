@@ -1,4 +1,4 @@
-"""AST: AdamW with the annealed decay of masked weights (SPARSE_TRAINING.md, "AST").
+"""AST: AdamW with the annealed decay of masked weights (docs/sparse.md, "AST").
 
     m ← β1 m + (1−β1) g
     u ← m + λ_t (1 − M) ⊙ W,         λ_t = λ · min(t / T_ramp, 1)

@@ -1,5 +1,5 @@
 """CAST: AdamS (sparsity-aware Adam with adaptive L1 decay of pruned weights), weight
-scaling and the distillation loss (SPARSE_TRAINING.md, "CAST").
+scaling and the distillation loss (docs/sparse.md, "CAST").
 
 AdamS, at step t of T planned steps, for a sparse parameter W with mask M (state):
     M       = top-n of m by |W| along in_features, recomputed before the step when

@@ -17,7 +17,7 @@ on the host (``StepScalars``):
 sqrt is correctly rounded (IEEE).  The bias corrections are multiplications by host-rounded reciprocals (torch divides
 by a scalar that way too); the one tensor division is IEEE.  sign(0) = 0, and ``w`` in d is the weight before the decoupled decay.  m stores the raw
 gradient momentum m'; d (the decayed direction) feeds v and the update only.  For masked
-parameters v follows d (the momentum), as SPARSE_TRAINING.md writes AdamS and AST's AdamW;
+parameters v follows d (the momentum), as docs/sparse.md writes AdamS and AST's AdamW;
 a parameter with no mask (dense groups of the same optimizer) gets AdamW, v from g.
 """
 

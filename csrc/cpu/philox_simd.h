@@ -1,5 +1,5 @@
 // Philox4x32-10 for 16 consecutive counters at once (one per lane): the same words as
-// randint4x in lowprec/philox.h, so the byte stream is the one NUMERICS.md defines. The
+// randint4x in lowprec/philox.h, so the byte stream is the one docs/numerics.md defines. The
 // 32x32 -> 64-bit products are exact in 64-bit lanes; everything else is 32-bit lane logic.
 #pragma once
 #include "lowprec/philox.h"

@@ -52,8 +52,6 @@ class Prepared:
         self.blocks = to_blocks(xs, self.layout).reshape(-1, self.fmt.block_size ** (2 if self.fmt.block_2d else 1))
         self.blocks = self.blocks.contiguous()
         self.block_grid = to_blocks(xs, self.layout).shape[:-1]
-        if self.fmt.scale.kind == "minifloat" and not self.fmt.scale.has_nan and bool((~torch.isfinite(self.blocks)).any()):
-            raise ValueError(f"a block holds NaN or Inf, and {self.fmt.scale!r} scales have no NaN code to mark it")
         if self.fmt.tensor_scale:
             if amax_tensor is not None:
                 amax = amax_tensor

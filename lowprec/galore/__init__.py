@@ -1,4 +1,4 @@
-"""GaLore: gradient low-rank projection optimizers (GALORE.md)."""
+"""GaLore: gradient low-rank projection optimizers (docs/galore.md)."""
 
 from .fused import galore_update_
 from .layerwise import LayerwiseOptimizer

@@ -10,7 +10,7 @@ Both are one GEMM A (m × k) @ B (k × n) subtracted from W in place.  Backends:
 - triton: one kernel, the product accumulated in registers per output tile and applied in
   the epilogue; a second kernel reads a microscaled projector (element codes, FP4 packed
   two per byte, and block scales) directly.
-Results agree within the NUMERICS.md GEMM bound (summation order differs).
+Results agree within the docs/numerics.md GEMM bound (summation order differs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GaLore optimizers (GALORE.md), following torch.optim conventions.
+"""GaLore optimizers (docs/galore.md), following torch.optim conventions.
 
 Param groups with a ``rank`` key are projected; the others (and any non-2-D parameter in
 such a group) take the plain update.  Group keys: ``rank``, ``update_proj_gap``, ``scale``,

@@ -1,5 +1,5 @@
 """GaLore projectors: the low-rank subspace of a 2-D gradient G (m × n), refreshed every
-``update_proj_gap`` steps (GALORE.md).
+``update_proj_gap`` steps (docs/galore.md).
 
 Projection types (``side`` is what a type resolves to for a given shape):
   right: P = V[:, :r]^T (r × n);  R = G P^T (m × r);   back: ΔW = N P

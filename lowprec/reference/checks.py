@@ -53,6 +53,8 @@ def check_quantize_call(x: torch.Tensor, fmt, rounding: str, seed, offset, nan_p
         if bool(bad.any()):
             raise ValueError(f"input holds {int(bad.sum())} NaN/Inf values (nan_policy='raise'); "
                              f"first at index {tuple(int(i) for i in bad.nonzero()[0])}")
+    if fmt.scale.kind == "minifloat" and not fmt.scale.has_nan and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"a block holds NaN or Inf, and {fmt.scale!r} scales have no NaN code to mark it")
     if amax_tensor is not None:
         if not isinstance(amax_tensor, torch.Tensor) or amax_tensor.numel() != 1:
             raise ValueError("amax_tensor must be a tensor holding one value")

@@ -10,7 +10,7 @@ that is x -> x diag(s) H_n.  The order matters: block quantization is sign-symme
 (Q(-y) = -Q(y), stochastic bits included), so signs applied after the mixing would change
 no quantized value.  M^T M = I, so transforming both operands of a GEMM along its
 reduction axis K leaves the product unchanged: (M a) . (M b) = a . b.  Signs from a seed: s_j = 1 - 2 * (byte_j & 1), byte_j = byte j of
-the Philox stream (seed, offset 0) of NUMERICS.md.
+the Philox stream (seed, offset 0) of docs/numerics.md.
 """
 
 from __future__ import annotations

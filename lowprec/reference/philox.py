@@ -3,7 +3,7 @@
 For a key (k0, k1) and counter (c0, c1, c2, c3) of 32-bit words, ten rounds of
   c0' = hi(B * c2) ^ c1 ^ k0,  c2' = hi(A * c0) ^ c3 ^ k1,  c1' = lo(B * c2),  c3' = lo(A * c0)
   k0 += 0x9E3779B9,  k1 += 0xBB67AE85
-with A = 0xD2511F53, B = 0xCD9E8D57.  NUMERICS.md: key = (seed & 0xFFFFFFFF, seed >> 32),
+with A = 0xD2511F53, B = 0xCD9E8D57.  docs/numerics.md: key = (seed & 0xFFFFFFFF, seed >> 32),
 counter = (n & 0xFFFFFFFF, n >> 32, 0, 0) for n = offset + i // 16; the four outputs,
 little-endian, are 16 bytes and element i takes byte i % 16.
 
@@ -63,7 +63,9 @@ def randint4x(seed: int, counters: torch.Tensor):
 def random_bytes(seed: int, offset: int, numel: int, device=None) -> torch.Tensor:
     """uint8 tensor of ``numel`` random bytes: byte i = byte (i % 16) of randint4x(seed, offset + i // 16)."""
     n_counters = (numel + 15) // 16
-    counters = torch.arange(n_counters, dtype=torch.int64, device=device) + int(offset)
+    off = int(offset) & 0xFFFFFFFFFFFFFFFF      # the uint64 offset as int64 bits: n wraps mod 2**64
+    off = off - (1 << 64) if off >= 1 << 63 else off
+    counters = torch.arange(n_counters, dtype=torch.int64, device=device) + off
     words = torch.stack(randint4x(seed, counters), dim=-1)          # (n, 4) uint32 in int64
     shifts = torch.arange(4, dtype=torch.int64, device=device) * 8
     bytes_ = (words.unsqueeze(-1) >> shifts) & 0xFF                    # (n, 4, 4) little-endian

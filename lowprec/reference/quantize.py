@@ -1,4 +1,4 @@
-"""Reference block quantization: the executable spec of NUMERICS.md.
+"""Reference block quantization: the executable spec of docs/numerics.md.
 
 quantize(x):
   1. x -> fp32, permuted/padded into blocks (``blocking``); amax_b = max |x| per block.

@@ -1,4 +1,4 @@
-"""N:M masks and 2:4 compressed storage: the executable spec (SPARSE_TRAINING.md, "Masks").
+"""N:M masks and 2:4 compressed storage: the executable spec (docs/sparse.md, "Masks").
 
 nm_mask: in each group of m consecutive elements along the last dim, keep the n with the
 largest score; ties go to the lower index (a stable descending sort), so exactly n survive.

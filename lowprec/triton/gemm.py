@@ -3,7 +3,7 @@
 A is (M, K) and B is (N, K), both quantized with 1D blocks along K (the reduction axis).
 Each K-tile is decoded in registers: element value (E2M1, from its 4 bits) times its block
 scale; such a product has at most 6 significant bits and an fp32 exponent, so it is exact
-in bf16 and tl.dot's products are exact (NUMERICS.md, "Quantized GEMM"); partial sums
+in bf16 and tl.dot's products are exact (docs/numerics.md, "Quantized GEMM"); partial sums
 accumulate in fp32. The tensor scales divide the accumulator once, in the epilogue.
 """
 

@@ -36,8 +36,11 @@ def _pick(x, k, i):
     pos = tl.cumsum(ki, axis=1) - 1
     first = (ki == 1) & (pos == 0)
     second = (ki == 1) & (pos == 1)
-    v0 = tl.sum(tl.where(first, x, 0.0), axis=1)
-    v1 = tl.sum(tl.where(second, x, 0.0), axis=1)
+    # picked through the bit patterns (one nonzero term per sum): a float sum would turn a kept
+    # -0.0 into +0.0
+    xb = x.to(tl.int32, bitcast=True)
+    v0 = tl.sum(tl.where(first, xb, 0), axis=1).to(tl.float32, bitcast=True)
+    v1 = tl.sum(tl.where(second, xb, 0), axis=1).to(tl.float32, bitcast=True)
     i0 = tl.sum(tl.where(first, i[None, :], 0), axis=1)
     i1 = tl.sum(tl.where(second, i[None, :], 0), axis=1)
     return v0, v1, i0, i1, tl.sum(ki, axis=1)

@@ -1,4 +1,4 @@
-"""Quantized GEMM: every backend within NUMERICS.md's bound of the fp64 product of the
+"""Quantized GEMM: every backend within docs/numerics.md's bound of the fp64 product of the
 dequantized operands (at most twice the reference's error, plus a small atol)."""
 
 import pytest

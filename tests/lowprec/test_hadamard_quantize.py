@@ -1,6 +1,6 @@
 """Fused Hadamard + quantize (Triton): bit-exact when the reference is fed the kernel's own
 transformed values; end to end >= 99.9% of codes identical and none more than one code
-apart (NUMERICS.md, "How backends are compared")."""
+apart (docs/numerics.md, "How backends are compared")."""
 
 import pytest
 import torch

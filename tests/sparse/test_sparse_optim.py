@@ -1,4 +1,4 @@
-"""AdamS and AST's AdamW against the equations of SPARSE_TRAINING.md, worked by hand on a
+"""AdamS and AST's AdamW against the equations of docs/sparse.md, worked by hand on a
 tiny tensor in float64 scalar arithmetic, and checkpoint resume."""
 
 import math

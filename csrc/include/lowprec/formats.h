@@ -1,4 +1,4 @@
-// Element and scale encoding, rounding and decoding: the bit logic of NUMERICS.md, written
+// Element and scale encoding, rounding and decoding: the bit logic of docs/numerics.md, written
 // once for the CPU and CUDA kernels (every function is __host__ __device__). Each function
 // mirrors lowprec/reference (rounding.py, scales.py) operation for operation, in fp32, so
 // that results are bit-exact.

@@ -1,4 +1,4 @@
-// Philox4x32-10 as Triton's tl.randint4x computes it (NUMERICS.md, "Rounding").
+// Philox4x32-10 as Triton's tl.randint4x computes it (docs/numerics.md, "Rounding").
 // One definition for the CPU and CUDA kernels: every function is __host__ __device__.
 #pragma once
 #include <stdint.h>
