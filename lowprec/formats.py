@@ -282,8 +282,14 @@ class QuantFormat:
     def __post_init__(self):
         object.__setattr__(self, "element", element_format(self.element))
         object.__setattr__(self, "scale", scale_format(self.scale))
-        if not isinstance(self.block_size, int) or not 8 <= self.block_size <= 128 or self.block_size % 2:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or not 8 <= self.block_size <= 128 \
+                or self.block_size % 2:
             raise ValueError(f"block_size must be an even integer in [8, 128], got {self.block_size!r}")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise TypeError(f"axis must be an int, got {type(self.axis).__name__} {self.axis!r}")
+        for flag in ("block_2d", "tensor_scale"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.scale_rule not in ("floor", "ceil", "even", "rceil", "amax"):
             raise ValueError(f"unknown scale_rule {self.scale_rule!r}")
         if self.scale.kind == "e8m0" and self.scale_rule not in E8M0_RULES:

@@ -106,4 +106,6 @@ def compress_24(w: torch.Tensor, mask: torch.Tensor, backend: str = "auto"):
         raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
     if w.dim() < 1 or w.shape[-1] % 8:
         raise ValueError(f"the last dim ({w.shape[-1] if w.dim() else 'none'}) must be a multiple of the group size 8")
+    if mask.numel() and not bool((mask.reshape(-1, 4).sum(-1) == 2).all()):
+        raise ValueError("mask is not exactly 2:4")
     return ops.resolve("compress_24", backend, w.device)(w, mask)

@@ -24,12 +24,21 @@ def test_cpp_extension_is_built():
     assert ok, f"lowprec._C did not load: {why}"
 
 
-@pytest.mark.parametrize("seed,offset,numel", [(0, 0, 1), (42, 3, 1000), (-1, (1 << 32) - 2, 4099),
+@pytest.mark.parametrize("seed,offset,numel", [(0, 0, 1), (42, 3, 1000), ((1 << 64) - 1, (1 << 32) - 2, 4099), (5, (1 << 64) - 3, 100),
                                                ((1 << 62) + 5, 1 << 40, 77), (123, 0, 0), (7, 5, 300001)])
 def test_cpp_random_bytes_bit_exact(seed, offset, numel):
     ref = lowprec.random_bytes(seed, offset, numel, backend="reference")
     got = lowprec.random_bytes(seed, offset, numel, backend="cpp")
     assert got.dtype == torch.uint8 and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_seeds_and_offsets_outside_uint64_are_refused_everywhere(backend):
+    for bad, err in ((-1, ValueError), (1 << 64, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="seed"):
+            lowprec.random_bytes(bad, 0, 8, backend=backend)
+        with pytest.raises(err, match="offset"):
+            lowprec.quantize(torch.randn(4, 32), "mxfp4", rounding="stochastic", seed=1, offset=bad, backend=backend)
 
 
 @pytest.mark.gpu

@@ -244,3 +244,12 @@ def test_tensor_scale_needs_minifloat_block_scales():
         F.MXFP8.replace(tensor_scale=True)
     with pytest.raises(ValueError, match="minifloat"):
         F.QuantFormat(F.E2M1, F.FP32_SCALE, 32, scale_rule="amax", tensor_scale=True)
+
+
+def test_format_fields_are_type_checked():
+    with pytest.raises(TypeError, match="axis"):
+        F.MXFP4.replace(axis=1.5)
+    with pytest.raises(TypeError, match="tensor_scale"):
+        F.NVFP4.replace(tensor_scale=1)
+    with pytest.raises(ValueError, match="block_size"):
+        F.MXFP4.replace(block_size=True)
