@@ -162,6 +162,11 @@ class QuantLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):   # a backward run under autocast
+            return QuantLinearFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         x, weight, rng, x_factor, w_factor, wq_reused = ctx.saved_tensors
         plan, layer_seed, offsets, has_bias, x_dtype, w_dtype = ctx.cfg
         ops_, had, backend = plan.operands, plan.hadamard, plan.backend
@@ -212,5 +217,12 @@ def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     """y = x W^T + b under ``recipe`` (a Recipe or its LinearPlan); x has any leading dims."""
     plan = recipe if isinstance(recipe, LinearPlan) else plan_for(recipe)
     lead = x.shape[:-1]
-    y = QuantLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, rng, plan, layer_seed)
-    return y.reshape(*lead, weight.shape[0])
+    dev = x.device.type
+    # Under autocast the quantized GEMMs keep the recipe's numerics (autocast would recast the
+    # reference's fp32 matmul of fake-quantized operands to bf16); the output takes the dtype
+    # nn.Linear would give.
+    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    with torch.autocast(dev, enabled=False):
+        y = QuantLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, rng, plan, layer_seed)
+    y = y.reshape(*lead, weight.shape[0])
+    return y if out_dtype is None else y.to(out_dtype)

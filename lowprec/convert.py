@@ -49,8 +49,21 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
     Layers whose shapes cannot be blocked are skipped, logged, and listed in the report
     (``return_report=True`` returns ``(model, report)``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_model takes an nn.Module, got {type(model).__name__}")
     if isinstance(config, str):
         config = get(config)
+    if inspect.isclass(config):
+        raise TypeError(f"convert_model takes a config instance, got the class {config.__name__}: "
+                        f"pass {config.__name__}()")
+    if not isinstance(config, Recipe) and not (callable(getattr(config, "can_convert", None))
+                                               and callable(getattr(config, "convert_module", None))):
+        raise TypeError(f"convert_model takes a Recipe, a recipe name or a converter config (with can_convert "
+                        f"and convert_module), got {type(config).__name__} {config!r}")
+    already = converted_modules(model)
+    if already:
+        raise ValueError(f"the model is already converted ({len(already)} lowprec layers, e.g. {already[0]!r}); "
+                         f"convert it once, or revert_model(model) first")
     if isinstance(config, Recipe):
         from .nn import QuantLinear
 
@@ -64,12 +77,17 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
     else:
         converter = config
     report = ConversionReport()
+    replaced: Dict[int, nn.Module] = {}    # id(original) -> its replacement: a module used twice is converted once
 
     def visit(module: nn.Module, prefix: str):
-        for child_name, child in list(module.named_children()):
+        for child_name, child in all_children(module):
             fqn = f"{prefix}.{child_name}" if prefix else child_name
+            if id(child) in replaced:
+                setattr(module, child_name, replaced[id(child)])
+                continue
             new = _maybe_convert(child, fqn)
             if new is not None:
+                replaced[id(child)] = new
                 setattr(module, child_name, new)
             else:
                 visit(child, fqn)
@@ -97,15 +115,33 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
     return (model, report) if return_report else model
 
 
+def all_children(module: nn.Module):
+    """(name, child) under every name, a child registered twice included (named_children()
+    yields a shared module once, which would leave its second name unconverted)."""
+    return [(n, c) for n, c in list(module._modules.items()) if c is not None]
+
+
+def converted_modules(model: nn.Module) -> List[str]:
+    """Names of the modules that are lowprec replacements (they know how to ``revert``)."""
+    return [n or "<root>" for n, m in model.named_modules() if callable(getattr(m, "revert", None))]
+
+
 def revert_model(model: nn.Module) -> nn.Module:
     """Swap every converted layer back to its original type (same parameters)."""
     if hasattr(model, "revert") and callable(model.revert):
         return model.revert()
-    for child_name, child in list(model.named_children()):
-        if hasattr(child, "revert") and callable(child.revert):
-            setattr(model, child_name, child.revert())
-        else:
-            revert_model(child)
+    reverted: Dict[int, nn.Module] = {}     # a shared replacement reverts to one shared module
+
+    def visit(module: nn.Module):
+        for child_name, child in all_children(module):
+            if id(child) in reverted:
+                setattr(module, child_name, reverted[id(child)])
+            elif hasattr(child, "revert") and callable(child.revert):
+                reverted[id(child)] = child.revert()
+                setattr(module, child_name, reverted[id(child)])
+            else:
+                visit(child)
+    visit(model)
     return model
 
 

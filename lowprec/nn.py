@@ -40,6 +40,9 @@ class QuantLinear(nn.Module):
             raise ValueError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (Conv1D), got {weight_layout!r}")
         self.in_features, self.out_features = in_features, out_features
         self.recipe = get(recipe)
+        why = self.recipe.shape_mismatch(in_features, out_features)
+        if why:
+            raise ValueError(f"QuantLinear({in_features}, {out_features}) under recipe {self.recipe.name!r}: {why}")
         self.weight_layout = weight_layout
         shape = (out_features, in_features) if weight_layout == "out_in" else (in_features, out_features)
         self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
@@ -88,13 +91,21 @@ class QuantLinear(nn.Module):
         return q
 
     def revert(self) -> nn.Module:
-        """The original layer type, sharing this module's parameters."""
+        """A plain layer computing the same function: the original type sharing this module's
+        parameters (nn.Linear, or Conv1D for a converted Conv1D). A QuantLinear built directly
+        with ``weight_layout="in_out"`` has no original Conv1D: it reverts to an nn.Linear
+        holding W^T (a copy, since nn.Linear stores [out, in])."""
         if self.weight_layout == "out_in":
             m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
                           dtype=self.weight.dtype)
+            m.weight = self.weight
+        elif self._original_type is nn.Linear:
+            m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
+                          dtype=self.weight.dtype)
+            m.weight = nn.Parameter(self.weight.detach().t().contiguous(), requires_grad=self.weight.requires_grad)
         else:
             m = self._original_type(self.out_features, self.in_features)
-        m.weight = self.weight
+            m.weight = self.weight
         m.bias = self.bias
         return m
 

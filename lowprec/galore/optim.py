@@ -40,9 +40,18 @@ class _GaLoreBase(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, seed: int = 0, backend: str = "auto"):
         gal = dict(update_proj_gap=200, scale=0.25, proj_type="std", refresh="svd", oversample=8, power_iters=2,
                    lazy_threshold=None, moment_policy="keep", state_format="fp32", proj_format=None)
+        unknown = sorted(set(defaults) - set(gal) - set(self.OWN_KEYS))
+        if unknown:   # like any Python function (and galore-torch): a misspelled option is an error
+            raise TypeError(f"{type(self).__name__} got unexpected options {unknown}; it takes "
+                            f"{sorted(set(gal) | set(self.OWN_KEYS))}")
         for k, v in gal.items():
             defaults.setdefault(k, v)
         super().__init__(params, defaults)
+        for i, group in enumerate(self.param_groups):
+            extra = sorted(set(group) - set(defaults) - {"params", "name"})
+            if extra:
+                raise KeyError(f"param group {i} has unknown keys {extra}; {type(self).__name__} takes "
+                               f"{sorted(defaults)}")
         self.seed, self.backend = int(seed), backend
         self._index = {}
         for group in self.param_groups:
@@ -225,6 +234,7 @@ def _tensor_bytes(obj) -> int:
 
 
 class GaLoreAdamW(_GaLoreBase):
+    OWN_KEYS = ("lr", "betas", "eps", "weight_decay", "rank")
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
                  rank: Optional[int] = None, seed: int = 0, backend: str = "auto", **galore):
         if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
@@ -283,6 +293,8 @@ class GaLoreAdafactor(_GaLoreBase):
         [M ← β1 M + (1−β1) U;  U = M]          (when beta1 is given)
         W ← W (1 − lr·wd) − lr · α · project_back(U)
     """
+
+    OWN_KEYS = ("lr", "beta1", "eps1", "clip_threshold", "decay_rate", "weight_decay", "rank")
 
     def __init__(self, params, lr: float = 1e-3, beta1: Optional[float] = None, eps1: float = 1e-30,
                  clip_threshold: float = 1.0, decay_rate: float = -0.8, weight_decay: float = 0.0,

@@ -1,6 +1,7 @@
 """Two CPU processes with gloo train under DDP with GaLoreAdamW (SVD refresh every 2
 steps); the weights after 4 steps must match one process on the same global batch."""
 
+import datetime
 import os
 import sys
 
@@ -31,8 +32,10 @@ def batches():
 
 
 def worker(rank, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("LOWPREC_DDP_PORT", "29531"))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # rendezvous through a file in the test's own temp dir: no fixed port to collide on a busy
+    # machine (gloo's own connections take free ephemeral ports); generous timeout under load
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=300),
+                            init_method="file://" + os.path.join(out_dir, "rendezvous"))
     m = DDP(model())
     opt = optimizer(m.module)
     sl = slice(rank * PER_RANK, (rank + 1) * PER_RANK)

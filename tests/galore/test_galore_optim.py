@@ -231,3 +231,16 @@ def test_optimizers_validate_groups():
     with pytest.raises(ValueError, match="DDP"):
         LayerwiseOptimizer(nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel),
                            GaLoreAdamW([p]))
+
+
+def test_unknown_options_raise_like_torch_optim():
+    """galore-torch raises on these; before, GaLoreAdamW accepted them silently."""
+    from lowprec.galore import GaLoreAdafactor, GaLoreAdamW
+    w = torch.nn.Parameter(torch.randn(16, 32))
+    with pytest.raises(TypeError, match="amsgrad"):
+        GaLoreAdamW([w], amsgrad=True)
+    with pytest.raises(TypeError, match="updat_proj_gap"):
+        GaLoreAdafactor([w], updat_proj_gap=10)
+    with pytest.raises(KeyError, match="updat_proj_gap"):
+        GaLoreAdamW([{"params": [w], "rank": 4, "updat_proj_gap": 10}])
+    GaLoreAdamW([{"params": [w], "rank": 4, "update_proj_gap": 10}])   # the right spelling works

@@ -8,6 +8,7 @@ take their amax per rank, and stochastic rounding indexes bits by position in th
 tensor: DDP is then a different, equally valid, quantization of the same batch.)
 """
 
+import datetime
 import os
 import sys
 
@@ -37,8 +38,10 @@ def loss_fn(m, x, y):
 
 
 def worker(rank, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("LOWPREC_DDP_PORT", "29517"))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # rendezvous through a file in the test's own temp dir: no fixed port to collide on a busy
+    # machine (gloo's own connections take free ephemeral ports); generous timeout under load
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=300),
+                            init_method="file://" + os.path.join(out_dir, "rendezvous"))
     m = DDP(model())
     x, y = batch()
     sl = slice(rank * TOKENS_PER_RANK, (rank + 1) * TOKENS_PER_RANK)

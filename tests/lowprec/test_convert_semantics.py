@@ -1,0 +1,69 @@
+"""convert_model / revert_model semantics a user relies on: a module used twice is converted
+once and stays shared; converting twice, or with something that is not a config instance, is a
+clear error; QuantLinear refuses shapes its recipe cannot block; revert() computes the same
+function for every weight layout."""
+
+import pytest
+import torch
+from torch import nn
+
+import lowprec
+import sparse
+
+
+class TwoNames(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.b = self.a              # the same layer under a second name
+        self.c = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("config", ["nvfp4", sparse.SRSTEConfig()], ids=["nvfp4", "srste"])
+def test_shared_module_is_converted_once_and_stays_shared(config):
+    shared = nn.Linear(64, 64)
+    seq = nn.Sequential(shared, nn.ReLU(), shared)
+    seq, report = lowprec.convert_model(seq, config, return_report=True)
+    assert seq[0] is seq[2] and seq[0] is not shared
+    assert report.converted == ["0"]
+    m = lowprec.convert_model(TwoNames(), config)
+    assert m.a is m.b
+    assert len(list(m.parameters())) == 4 or isinstance(config, sparse.SRSTEConfig)
+    back = lowprec.revert_model(seq)
+    assert back[0] is back[2] and type(back[0]) is nn.Linear
+
+
+def test_converting_a_converted_model_raises():
+    m = lowprec.convert_model(TwoNames(), "nvfp4")
+    with pytest.raises(ValueError, match="already converted"):
+        lowprec.convert_model(m, "mxfp4")
+    with pytest.raises(ValueError, match="already converted"):
+        lowprec.convert_model(m, sparse.CASTConfig())
+    lowprec.convert_model(lowprec.revert_model(m), "mxfp4")     # fine after a revert
+
+
+def test_bad_configs_are_type_errors():
+    with pytest.raises(TypeError, match="converter config"):
+        lowprec.convert_model(TwoNames(), 42)
+    with pytest.raises(TypeError, match=r"pass SRSTEConfig\(\)"):
+        lowprec.convert_model(TwoNames(), sparse.SRSTEConfig)
+    with pytest.raises(TypeError, match="nn.Module"):
+        lowprec.convert_model("model", "nvfp4")
+
+
+def test_quant_linear_refuses_shapes_its_recipe_cannot_block():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        lowprec.QuantLinear(60, 64, recipe="nvfp4")
+    lowprec.QuantLinear(60, 64, recipe="bf16")          # nothing to block
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_revert_computes_the_same_function(layout):
+    q = lowprec.QuantLinear(64, 32, recipe="nvfp4", weight_layout=layout)
+    x = torch.randn(5, 64)
+    expect = torch.nn.functional.linear(x, q.weight_out_in(), q.bias)
+    plain = q.revert()
+    assert torch.allclose(plain(x), expect, rtol=0, atol=1e-6)
