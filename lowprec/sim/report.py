@@ -51,7 +51,9 @@ def print_summary(rows, baseline: str = "bf16"):
 
 
 def write_json(path: Path, rows, results, config: dict, extra=None):
-    payload = {"summary": rows, "runs": [r.to_dict() for r in results], "config": config}
+    from ..bench.harness import environment     # device, commit, versions and date beside the numbers
+    payload = {"summary": rows, "runs": [r.to_dict() for r in results], "config": config,
+               "environment": environment("cpu")}
     if extra:
         payload.update(extra)
     path.write_text(json.dumps(payload, indent=1) + "\n")
