@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autograd import plan_for, quant_linear, slot_offsets
+from .sr_state import SRStateMixin
 from .recipe import Recipe, get
 
 
@@ -31,7 +32,7 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(SRStateMixin, nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  recipe: Union[Recipe, str] = "nvfp4", seed: int = 0, weight_layout: str = "out_in",
                  device=None, dtype=None, name: str = ""):
@@ -49,8 +50,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         self.name = name
-        self.seed = int(seed)
-        self.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self._init_sr_state(seed, device)
         self._original_type = nn.Linear
 
     # -- construction -------------------------------------------------------------------
@@ -84,9 +84,7 @@ class QuantLinear(nn.Module):
         q.weight = module.weight
         q.bias = module.bias
         q.name = name
-        q.seed = layer_seed(seed, name)
-        q.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=module.weight.device),
-                          persistent=False)
+        q._init_sr_state(layer_seed(seed, name), module.weight.device)
         q._original_type = type(module)
         return q
 
@@ -108,14 +106,6 @@ class QuantLinear(nn.Module):
             m.weight = self.weight
         m.bias = self.bias
         return m
-
-    # -- rng ----------------------------------------------------------------------------
-    def rng_state(self) -> dict:
-        return {"seed": self.seed, "offset": int(self.sr_offset)}
-
-    def load_rng_state(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.sr_offset.fill_(int(state["offset"]))
 
     # -- forward ------------------------------------------------------------------------
     def weight_out_in(self) -> torch.Tensor:

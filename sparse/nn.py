@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec.autograd import plan_for, quant_linear, slot_offsets
+from lowprec.sr_state import SRStateMixin
 from lowprec.nn import layer_seed
 from lowprec.recipe import get as get_recipe
 
@@ -41,7 +42,7 @@ def slorb_init(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor
     return pruned.reshape(weight.shape[0], -1, k).mean(-1).to(weight.dtype)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(SRStateMixin, nn.Module):
     """N:M-masked linear layer with straight-through gradients (SR-STE / AST)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, **options):
@@ -94,8 +95,7 @@ class SparseLinear(nn.Module):
                 self.register_buffer("slorb_p", p)
             self.slorb_s = nn.Parameter(slorb_init(self.weight, mask, self.slorb_k))
         self.name = name
-        self.seed = layer_seed(seed, name)
-        self.register_buffer("sr_offset", torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        self._init_sr_state(layer_seed(seed, name), dev)    # SR seed and offset live in state_dict()
         self.set_recipe(recipe)
 
     def set_recipe(self, recipe) -> None:

@@ -54,17 +54,21 @@ def test_convert_then_revert_is_identity():
 def test_state_dict_round_trips_both_ways():
     orig = mlp()
     conv = lowprec.convert_model(copy.deepcopy(orig), "nvfp4")
-    assert list(conv.state_dict()) == list(orig.state_dict())
+    sr_keys = [k for k in conv.state_dict() if k.endswith(("sr_seed", "sr_offset"))]
+    assert [k for k in conv.state_dict() if k not in sr_keys] == list(orig.state_dict())
+    assert len(sr_keys) == 2 * len(lowprec.convert.quant_modules(conv))    # the SR stream is in the checkpoint
     fresh = mlp()
     for p in fresh.parameters():
         nn.init.zeros_(p)
-    fresh.load_state_dict(conv.state_dict())                 # converted -> original
+    result = fresh.load_state_dict(conv.state_dict(), strict=False)   # converted -> original: only the SR keys
+    assert sorted(result.unexpected_keys) == sorted(sr_keys) and not result.missing_keys
+    assert list(lowprec.revert_model(copy.deepcopy(conv)).state_dict()) == list(orig.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), orig.state_dict().values()))
     conv2 = lowprec.convert_model(mlp(), "nvfp4")
     for p in conv2.parameters():
         nn.init.zeros_(p)
-    conv2.load_state_dict(orig.state_dict())                 # original -> converted
-    assert all(torch.equal(a, b) for a, b in zip(conv2.state_dict().values(), orig.state_dict().values()))
+    conv2.load_state_dict(orig.state_dict())                 # original -> converted, strict: keeps its SR stream
+    assert all(torch.equal(conv2.state_dict()[k], v) for k, v in orig.state_dict().items())
 
 
 def test_bf16_recipe_is_the_unquantized_baseline():
@@ -158,9 +162,10 @@ def test_transformers_models(arch):
     rel = (out - out_ref).norm() / out_ref.norm()
     assert 0 < rel < 0.5
     out.float().pow(2).mean().backward()
-    sd = model.state_dict()
-    assert list(sd) == list(ref.state_dict())
+    sd = model.state_dict()      # the original keys, plus each converted layer's SR stream
+    assert [k for k in sd if not k.endswith(("sr_seed", "sr_offset"))] == list(ref.state_dict())
     back = lowprec.revert_model(model)
+    assert list(back.state_dict()) == list(ref.state_dict())
     assert torch.equal(back(ids)[0], out_ref)
 
 
@@ -202,3 +207,36 @@ def test_ddp_matches_single_process(tmp_path):
     out = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "DDP == single" in out.stdout
+
+
+@pytest.mark.parametrize("config", ["nvfp4", "ue5m3"])
+def test_resume_from_state_dict_is_bit_identical(config, tmp_path):
+    """torch.save(model.state_dict()) after k steps, load into a freshly converted model and
+    continue: the same weights, bit for bit, as the run that never stopped (before, the SR
+    offset was not in the state_dict and the resumed run drew the first step's bits again)."""
+    def fresh():
+        return lowprec.convert_model(mlp(), config, seed=3)
+
+    def step(m, opt, i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(32, 64, generator=g)
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        opt.step()
+    ref = fresh()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for i in range(4):
+        step(ref, opt, i)
+    first = fresh()
+    opt1 = torch.optim.SGD(first.parameters(), lr=0.1)
+    for i in range(2):
+        step(first, opt1, i)
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    resumed = lowprec.convert_model(mlp(), config, seed=99)          # even a different seed is restored
+    resumed.load_state_dict(ckpt["model"])
+    opt2 = torch.optim.SGD(resumed.parameters(), lr=0.1)
+    opt2.load_state_dict(ckpt["opt"])
+    for i in range(2, 4):
+        step(resumed, opt2, i)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), ref.state_dict().values()))
