@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from . import ops
+from .blocking import make_layout
 from .formats import QuantFormat
 
 DEQUANTIZE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -33,7 +34,6 @@ def check_dequantize_dtype(dtype) -> None:
 
 def expected_storage(shape, fmt: QuantFormat):
     """(block axis, codes shape, scales shape) of a QuantizedTensor of ``shape`` in ``fmt``."""
-    from .reference.blocking import make_layout   # blocking imports only formats
     layout = make_layout(shape, fmt)
     stored = list(layout.stored)
     if fmt.element.bits == 4:

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 
 from ..formats import QuantFormat, get_format
-from ..reference.blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
-from ..reference.checks import check_quantize_call
+from ..blocking import from_blocks, from_stored, make_layout, to_blocks, to_stored
+from ..reference.checks import check_quantize_call, int64_bits  # noqa: F401  (re-exported to the backends)
 from ..reference.scales import effective_scale, finite_amax, tensor_encode_scale
 from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 
@@ -100,12 +100,6 @@ class Prepared:
         return QuantizedTensor(c.contiguous(), scales.reshape(self.block_grid).contiguous(),
                                self.s_enc if self.fmt.tensor_scale else None, self.fmt, self.x.shape,
                                self.x.dtype, self.layout.axis)
-
-
-def int64_bits(v: int) -> int:
-    """Seeds and offsets cross op boundaries as int64; uint64 bit patterns wrap."""
-    v = int(v) & 0xFFFFFFFFFFFFFFFF
-    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def dequantize_with(q: QuantizedTensor, kernel, dtype=None) -> torch.Tensor:

@@ -42,6 +42,7 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
+from ..reference.checks import SUPPORTED_DTYPES  # noqa: E402
 from ..reference.hadamard import BlockHadamard, apply_blockwise, check_blockwise, resolve_signs  # noqa: E402
 
 _ops.register("hadamard", "cpp")(hadamard)
@@ -52,7 +53,7 @@ def _cpu_fp32(t, what):
     backend='auto' never refuses what the reference accepts."""
     if t.device.type != "cpu":
         raise _ops.BackendUnavailable(f"backend 'cpp' {what} runs on CPU tensors, not {t.device}")
-    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{what} takes float32, bfloat16 or float16, got {t.dtype}")
     return t.to(torch.float32).contiguous()
 
@@ -64,7 +65,5 @@ def nm_mask(scores, n=2, m=4):
 
 @_ops.register("compress_24", "cpp")
 def compress_24(w, mask):
-    if mask.shape != w.shape or mask.dtype != torch.bool:
-        raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")
     values, meta = torch.ops.lowprec.compress_24(_cpu_fp32(w, "compress_24"), mask.contiguous())
     return values.to(w.dtype), meta

@@ -13,7 +13,7 @@ import torch
 
 from .. import ops
 from ..formats import QuantFormat, get_format
-from ..reference.blocking import from_stored, make_layout
+from ..blocking import from_stored, make_layout
 from ..reference.checks import check_quantize_call
 from ..tensor import QuantizedTensor
 from .blocked import DIVISION_IDS, ROUNDING_IDS, format_params, int64_bits, scale_table

@@ -7,7 +7,7 @@ import torch
 
 from .. import ops
 from ..tensor import QuantizedTensor
-from ..reference.blocking import from_stored, make_layout
+from ..blocking import from_stored, make_layout
 from .blocked import (DIVISION_IDS, ROUNDING_IDS, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
                       scale_table)
 
@@ -162,7 +162,7 @@ def qgemm(a: QuantizedTensor, b: QuantizedTensor, tiles: Optional[tuple] = None)
     return c
 
 
-from ..reference.checks import check_quantize_call, check_uint64  # noqa: E402
+from ..reference.checks import SUPPORTED_DTYPES, check_quantize_call, check_uint64  # noqa: E402
 from ..reference.hadamard import random_signs, sylvester  # noqa: E402
 from ..reference.scales import tensor_encode_scale  # noqa: E402
 from ..triton.hadamard_quantize import hadamard_quantize_kernel  # noqa: E402
@@ -232,7 +232,7 @@ MASK_GROUPS = 64
 
 @ops.register("nm_mask", "triton")
 def nm_mask(scores, n=2, m=4):
-    if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if scores.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"nm_mask takes float32, bfloat16 or float16 scores, got {scores.dtype}")
     if m & (m - 1) or m > 32:
         raise ops.BackendUnavailable(f"backend 'triton' nm_mask needs a power-of-two group size <= 32, got m={m}")
@@ -248,7 +248,7 @@ def nm_mask(scores, n=2, m=4):
 
 @ops.register("compress_24", "triton")
 def compress_24(w, mask):
-    if w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if w.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"compress_24 takes float32, bfloat16 or float16, got {w.dtype}")
     if mask.shape != w.shape or mask.dtype != torch.bool or w.dim() < 1 or w.shape[-1] % 8:
         raise ValueError("compress_24: w and a bool mask of one shape, last dim a multiple of 8")

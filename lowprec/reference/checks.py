@@ -30,6 +30,13 @@ def check_uint64(name: str, v) -> int:
     return v
 
 
+def int64_bits(v: int) -> int:
+    """A uint64 seed or offset as the int64 with the same bits (how they cross op boundaries,
+    and how the Philox counter wraps modulo 2**64)."""
+    v = int(v) & (U64 - 1)
+    return v - U64 if v >= 1 << 63 else v
+
+
 def check_quantize_call(x: torch.Tensor, fmt, rounding: str, seed, offset, nan_policy: str,
                         sr_clipping: bool = False, amax_tensor: Optional[torch.Tensor] = None) -> QuantFormat:
     """Validate a quantize / fake-quantize call; returns the format the quantizer runs

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..formats import QuantFormat, get_format
-from .blocking import from_blocks, from_stored, to_blocks, to_stored
+from ..blocking import from_blocks, from_stored, to_blocks, to_stored
 from .checks import check_quantize_call
 from .quantize import scaled_blocks
 from .rounding import round_to_grid

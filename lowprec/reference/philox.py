@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import int64_bits
+
 PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
 PHILOX_ROUND_A = 0xD2511F53
@@ -63,9 +65,7 @@ def randint4x(seed: int, counters: torch.Tensor):
 def random_bytes(seed: int, offset: int, numel: int, device=None) -> torch.Tensor:
     """uint8 tensor of ``numel`` random bytes: byte i = byte (i % 16) of randint4x(seed, offset + i // 16)."""
     n_counters = (numel + 15) // 16
-    off = int(offset) & 0xFFFFFFFFFFFFFFFF      # the uint64 offset as int64 bits: n wraps mod 2**64
-    off = off - (1 << 64) if off >= 1 << 63 else off
-    counters = torch.arange(n_counters, dtype=torch.int64, device=device) + off
+    counters = torch.arange(n_counters, dtype=torch.int64, device=device) + int64_bits(offset)   # wraps mod 2**64
     words = torch.stack(randint4x(seed, counters), dim=-1)          # (n, 4) uint32 in int64
     shifts = torch.arange(4, dtype=torch.int64, device=device) * 8
     bytes_ = (words.unsqueeze(-1) >> shifts) & 0xFF                    # (n, 4, 4) little-endian

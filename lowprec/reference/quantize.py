@@ -22,7 +22,7 @@ import torch
 from ..formats import QuantFormat, get_format
 from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 from .checks import check_quantize_call
-from .blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
+from ..blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
 from .philox import random_bytes
 from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
 from .scales import (compute_scale_codes, decode_scales, effective_scale, finite_amax, scale_elements,

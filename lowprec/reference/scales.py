@@ -45,6 +45,10 @@ def finite_amax(x: torch.Tensor) -> torch.Tensor:
     that a NaN or Inf never reaches the tensor scale and only its own block is marked."""
     if x.numel() == 0:
         return torch.zeros((), dtype=F32, device=x.device)
+    lo, hi = torch.aminmax(x)                 # one pass, no copy: the common, all-finite case
+    amax = torch.maximum(-lo, hi).to(F32)
+    if bool(torch.isfinite(amax)):
+        return amax
     return torch.nan_to_num(x.to(F32), nan=0.0, posinf=0.0, neginf=0.0).abs().amax()
 
 

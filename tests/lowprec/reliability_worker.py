@@ -189,12 +189,9 @@ def group_hand_built(examples: int):
         what = f"QuantizedTensor fmt={fmt} shape={tuple(shape)} defect={defect} seed={seed}"
         log(what)
         built = outcome(lambda: lowprec.QuantizedTensor(codes, scales, ts, fmt, shp, torch.float32, axis))
-        if defect in ("ok",) or (defect in ("no_ts", "extra_ts") and not fmt.tensor_scale and ts is None):
-            assert built[0] == "ok", (what, built)
-        if defect == "big_codes" and fmt.element.bits in (4, 8):
-            assert built[0] == "ok", (what, built)            # every byte is a valid 4- or 8-bit code (pair)
-        elif defect not in ("ok",) and not (defect == "no_ts" and not fmt.tensor_scale):
-            assert built[0] == "error", (what, built)
+        valid = (defect == "ok" or (defect == "no_ts" and not fmt.tensor_scale)            # nothing changed
+                 or (defect == "big_codes" and fmt.element.bits in (4, 8)))  # every byte is a 4- or 8-bit code (pair)
+        assert built[0] == ("ok" if valid else "error"), (what, built)
         if built[0] == "ok":
             agree("dequantize " + what, lambda b: lowprec.dequantize(built[1], backend=b))
     case()

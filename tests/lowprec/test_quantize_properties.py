@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lowprec import formats as F
 from lowprec.reference import dequantize, quantize
-from lowprec.reference.blocking import make_layout, to_blocks, to_stored
+from lowprec.blocking import make_layout, to_blocks, to_stored
 
 FORMATS = [F.MXFP4, F.NVFP4, F.UE5M3_FP4, F.MXFP8, F.MXFP6_E2M3, F.MXFP6_E3M2,
            F.MXFP4.replace(scale_rule="rceil"), F.MXFP4.replace(scale_rule="even"),
@@ -36,7 +36,7 @@ def cases(draw, allow_2d=True):
 
 def scale_per_element(q, x):
     """Effective fp32 scale of each element, in x's layout, from the stored scales."""
-    from lowprec.reference.blocking import from_blocks, from_stored
+    from lowprec.blocking import from_blocks, from_stored
     from lowprec.reference.scales import decode_scales
     layout = make_layout(x.shape, q.fmt)
     s = decode_scales(q.scales, q.fmt.scale)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..formats import QuantFormat
+from .formats import QuantFormat
 
 
 @dataclass(frozen=True)
