@@ -121,7 +121,7 @@ inline std::pair<int64_t, int64_t> scale_slots(const PanelGeometry& g, int64_t b
 
 // Scales of the panel's column groups from their amaxes (sc.group_amax -> sc.group_s), stored
 // at slot.first + q * slot.second, 16 groups at a time where the scale kind has a vector form:
-//   e8m0 floor: shared exponent floor(log2 a) - emax_elem (a = amax, times S_enc with a tensor
+//   e8m0 floor: shared exponent floor(log2 a) - emax_elem (a = amax; e8m0 takes no tensor
 //     scale) clamped to [-127, 127], a = 0 giving -127; floor(log2 a) is the exponent field of
 //     a normal a, and the value of code c >= 1 is 2^(c - 127) (code 0: the table's 2^-127);
 //   minifloat: (amax / elem_max) * S_enc through the element encoder (scale_code in formats.h).
@@ -140,7 +140,7 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
     vi code, scalar;
     vf value;
     if (e8m0) {
-      const vf a = j.fmt.tensor_scale ? amax * j.s_enc : amax;
+      const vf a = amax;   // e8m0 scales take no tensor scale (QuantFormat refuses it)
       const vi field = as_i(a) >> 23;   // a >= 0
       vi shared = (as_i(a) == 0) ? splat_i(-127) : field - emax;
       shared = (shared < -127) ? splat_i(-127) : shared;
@@ -433,7 +433,7 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
   }
   s_enc_out = at::full({}, j.s_enc, x.options().dtype(at::kFloat));
   // multiply by the reciprocal: what 'reciprocal' division means, and exact for power-of-two scales
-  j.inverse_multiply = j.fmt.division == kReciprocal || (j.fmt.scale_kind == kE8M0 && !j.fmt.tensor_scale);
+  j.inverse_multiply = j.fmt.division == kReciprocal || j.fmt.scale_kind == kE8M0;
   j.scale_table = j.fmt.scale_kind == kFp32Scale ? nullptr : scale_table.data_ptr<float>();
   TORCH_CHECK(x.is_non_overlapping_and_dense(), "lowprec panel kernels: x must be dense (a permuted view at most)");
   j.unit_stride = x.is_contiguous();

@@ -104,7 +104,6 @@ def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tenso
     scale = fmt.scale
     if scale.kind == "e8m0":
         a = torch.where(bad, torch.zeros_like(amax), amax)
-        a = a * s_enc if fmt.tensor_scale else a
         rule = fmt.scale_rule
         if rule == "floor":
             shared = _floor_log2(a) - elem.emax

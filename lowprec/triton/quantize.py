@@ -78,9 +78,7 @@ def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_M
     DIVISION 1 (reciprocal): scale_hp = amax * (S_enc * fp32(1 / elem_max)), s_eff = decoded * fp32(1 / S_enc)."""
     bad = (amax != amax) | (amax == float("inf"))
     if S_KIND == 0:  # e8m0
-        am = tl.where(bad, 0.0, amax)
-        if TENSOR_SCALE:
-            am = am * s_enc
+        am = tl.where(bad, 0.0, amax)          # (e8m0 scales take no tensor scale)
         f = _exp_field(am)
         mant = am.to(tl.int32, bitcast=True) & 0x7FFFFF
         if RULE == 0:

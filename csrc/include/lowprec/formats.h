@@ -240,7 +240,7 @@ LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) 
   const bool bad = !isfinite(amax);
   if (fmt.scale_kind == kE8M0) {
     if (bad) return 0xFFu;
-    float a = fmt.tensor_scale ? amax * s_enc : amax;
+    const float a = amax;   // e8m0 scales take no tensor scale (QuantFormat refuses it)
     int shared;
     if (fmt.rule == kFloor) {
       shared = (a > 0.0f) ? floor_log2(a) - fmt.elem_emax : -1000;
