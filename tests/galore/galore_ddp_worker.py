@@ -45,6 +45,9 @@ def worker(rank, out_dir):
         opt.step()
     if rank == 0:
         torch.save([p.detach() for p in m.module.parameters()], os.path.join(out_dir, "ddp.pt"))
+    # both ranks tear down together: a rank destroying its gloo group while the other still works
+    # aborts with 'terminate called without an active exception' (seen under load)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -48,6 +48,9 @@ def worker(rank, out_dir):
     loss_fn(m, x[sl], y[sl]).backward()
     if rank == 0:
         torch.save([p.grad for p in m.module.parameters()], os.path.join(out_dir, "ddp.pt"))
+    # both ranks tear down together: a rank destroying its gloo group while the other still works
+    # aborts with 'terminate called without an active exception' (seen under load)
+    dist.barrier()
     dist.destroy_process_group()
 
 
