@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     import torch
@@ -54,4 +54,7 @@ def extensions():
                          extra_compile_args=cxx, extra_link_args=["-fopenmp"])]
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)})
+# sparse/ ships as lowprec.sparse: a top-level `sparse` would clash with PyData's package.
+PACKAGES = find_packages(include=["lowprec", "lowprec.*"]) + ["lowprec.sparse"]
+
+setup(packages=PACKAGES, package_dir={"lowprec.sparse": "sparse"}, ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)})

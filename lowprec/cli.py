@@ -9,7 +9,7 @@ import sys
 def _sparse_simulate():
     """The sparse package's simulation, when it is installed (lowprec does not depend on it)."""
     try:
-        from sparse import simulate as sparse_simulate
+        from lowprec.sparse import simulate as sparse_simulate
     except ImportError:
         return None
     return sparse_simulate

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowprec
-import sparse
+from lowprec import sparse
 
 
 @pytest.mark.parametrize("config", ["nvfp4", "mxfp4", sparse.SparseFP4Config()], ids=["nvfp4", "mxfp4", "sparse_fp4"])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lowprec
-import sparse
+from lowprec import sparse
 
 
 class TwoNames(nn.Module):

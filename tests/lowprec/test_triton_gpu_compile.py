@@ -65,12 +65,12 @@ def describe(fn, args, kwargs) -> dict:
 
 def workload():
     """One small call of every Triton op (every kernel, the main specializations)."""
-    import sparse  # noqa: F401  (registers the masked-Adam op)
+    from lowprec import sparse  # noqa: F401  (registers the masked-Adam op)
     from lowprec import formats as F
     from lowprec.galore import moments as mom
     from lowprec.triton.galore import launch_project_q, launch_update, launch_update_q
-    from sparse.kernels import masked_adam_step
-    from sparse.reference import StepScalars
+    from lowprec.sparse.kernels import masked_adam_step
+    from lowprec.sparse.reference import StepScalars
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 96, generator=g)
     for fmt, rounding, dtype in [(F.MXFP4, "nearest", torch.float32), (F.NVFP4, "stochastic", torch.bfloat16),
@@ -141,7 +141,7 @@ def all_kernels() -> set:
 
     import lowprec.triton
     names = set()
-    modules = [f"lowprec.triton.{m.name}" for m in pkgutil.iter_modules(lowprec.triton.__path__)] + ["sparse.triton_adam"]
+    modules = [f"lowprec.triton.{m.name}" for m in pkgutil.iter_modules(lowprec.triton.__path__)] + ["lowprec.sparse.triton_adam"]
     for name in modules:
         for attr, obj in vars(importlib.import_module(name)).items():
             if attr.endswith("_kernel") and hasattr(obj, "fn"):

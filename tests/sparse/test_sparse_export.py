@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lowprec
-import sparse
+from lowprec import sparse
 from lowprec.sim.model import TinyLM, TinyLMConfig
 
 CFG = TinyLMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=16)

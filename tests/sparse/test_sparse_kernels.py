@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import lowprec
-import sparse  # noqa: F401  (registers the masked-Adam op)
+from lowprec import sparse  # noqa: F401  (registers the masked-Adam op)
 from lowprec.reference.sparsity import compress_24, decompress_24, nm_mask
-from sparse.kernels import masked_adam_step
-from sparse.reference import StepScalars
+from lowprec.sparse.kernels import masked_adam_step
+from lowprec.sparse.reference import StepScalars
 
 FAST = [b for b in ("cpp", "triton") if lowprec.ops.backend_status(b)[0]]
 

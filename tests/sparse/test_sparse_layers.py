@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowprec
-import sparse
+from lowprec import sparse
 
 
 def test_ste_forward_masks_and_backward_is_straight_through():

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import lowprec
-import sparse
+from lowprec import sparse
 from lowprec.reference.sparsity import nm_mask as reference_nm_mask
 
 BACKENDS = [b for b in ("reference", "cpp", "triton") if lowprec.ops.backend_status(b)[0]]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lowprec
-import sparse
+from lowprec import sparse
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 BACKENDS = [b for b in ("reference", "cpp", "triton") if lowprec.ops.backend_status(b)[0]]
