@@ -3,7 +3,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "cpu/aten.h"
 
 #include "lowprec/formats.h"
 #include "lowprec/params.h"

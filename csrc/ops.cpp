@@ -1,5 +1,7 @@
 // torch.library declarations of every lowprec op, and the device dispatch of each.
-#include <torch/extension.h>
+// The module itself is a bare CPython extension (no pybind11: <torch/extension.h> alone
+// costs about half a minute of compile time); the ops live in torch.library.
+#include <Python.h>
 #include <torch/library.h>
 
 namespace lowprec {
@@ -91,10 +93,23 @@ TORCH_LIBRARY_IMPL(lowprec, CPU, m) {
   m.impl("galore_adam_lowbit", &lowprec::galore_adam_lowbit_cpu);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+// import lowprec._C loads the library, which runs the registrations above.
+static PyModuleDef lowprec_module = {PyModuleDef_HEAD_INIT, "_C", "lowprec kernels (registered as torch.ops.lowprec)",
+                                     -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&lowprec_module);
+  if (module == nullptr) return nullptr;
 #ifdef LOWPREC_WITH_CUDA
-  m.attr("has_cuda") = true;
+  PyObject* has_cuda = Py_True;
 #else
-  m.attr("has_cuda") = false;
+  PyObject* has_cuda = Py_False;
 #endif
+  Py_INCREF(has_cuda);
+  if (PyModule_AddObject(module, "has_cuda", has_cuda) < 0) {
+    Py_DECREF(has_cuda);
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }

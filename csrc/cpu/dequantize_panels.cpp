@@ -3,9 +3,7 @@
 // orientation cropped to the real rows and columns: [Bt, M, N] for row blocks and tiles (the
 // Python side maps column blocks onto row blocks of the transposed problem). Bit-exact with
 // lowprec/reference (two fp32 roundings: the scale division, then one product).
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <vector>
 

@@ -10,9 +10,7 @@
 //   (N, M' codes, M' scale codes, S' codes, S' scale codes, [S_enc of M', of S']) with the
 //   given tensor scales, M' and S' stochastically rounded with the Philox byte of element
 //   (i, j) at flat index i * cols + j from (seed, offset); pass 2 does both in one call.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <algorithm>
 #include <cmath>

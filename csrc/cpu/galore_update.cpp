@@ -1,9 +1,7 @@
 // GaLore's projected update W <- c_wd * W - coef * (A @ B) on the CPU, one row tile at a
 // time: each tile's product lives in a (tile x n) buffer, so the full m x n update is
 // never materialized.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "aten.h"
 
 namespace lowprec {
 

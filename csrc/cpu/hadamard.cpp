@@ -6,9 +6,7 @@
 // (a, b) -> (a + b, a - b); then * fp32(1 / sqrt(n)); signs last when inverse. So the results
 // are bit-identical to it. Rows: stages h < 16 pair lanes of one vector (partner lane l ^ h),
 // the others pair whole vectors; cols: every stage pairs whole vectors (rows of a column tile).
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 // mode) makes that one fault per 2 MiB. It only advises the kernel about this one buffer: the
 // values, the allocator and every other allocation are unchanged, and it is a no-op elsewhere.
 #pragma once
-#include <torch/types.h>
+#include "aten.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>

@@ -1,9 +1,7 @@
 // Fused masked-Adam step (AdamS of CAST, AdamW with AST's annealed masked decay), in place,
 // bit-exact with sparse/reference.py: fp32 element-wise ops in the reference's order, no
 // contraction (built with -ffp-contract=off), scalars rounded to fp32 on the host.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <cmath>
 #include <initializer_list>

@@ -3,9 +3,7 @@
 // one pass per panel, 16 lanes at a time (csrc/cpu/element_simd.h), with the stochastic bits
 // drawn inline from Philox at x's flat index and the tensor scale computed in the kernel.
 // Bit-exact with lowprec/reference; panels.h describes the three block geometries.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <atomic>
 #include <utility>

@@ -1,8 +1,6 @@
 // CPU kernel: the Philox byte stream, 256 bytes (16 counters, one per vector lane) at a time,
 // parallel over those groups.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <algorithm>
 

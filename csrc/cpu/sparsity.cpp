@@ -1,8 +1,6 @@
 // C++ CPU kernels for 2:4 masks and compressed storage, bit-exact with
 // lowprec/reference/sparsity.py (ties in a group go to the lower index).
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/types.h>
+#include "aten.h"
 
 #include <cmath>
 
