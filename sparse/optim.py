@@ -12,11 +12,13 @@ from typing import Optional
 
 import torch
 
+from lowprec.optim_state import ExactStateLoad
+
 from .kernels import masked_adam_step
 from .reference import StepScalars
 
 
-class MaskedAdamBase(torch.optim.Optimizer):
+class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
     mode: str = ""
 
     def __init__(self, params, defaults: dict, backend: str = "auto"):

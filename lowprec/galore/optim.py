@@ -26,6 +26,7 @@ from . import moments
 from . import state as lowbit
 from .fused import galore_project_q, galore_update_, galore_update_q_
 from .projector import GaLoreProjector, ProjectorConfig
+from ..optim_state import ExactStateLoad
 
 MOMENT_POLICIES = ("keep", "reproject", "reset")
 PROJ_KEYS = ("rank", "update_proj_gap", "scale", "proj_type", "refresh", "oversample", "power_iters",
@@ -36,7 +37,7 @@ def _proj_config(group) -> ProjectorConfig:
     return ProjectorConfig(**{k: group[k] for k in PROJ_KEYS})
 
 
-class _GaLoreBase(torch.optim.Optimizer):
+class _GaLoreBase(ExactStateLoad, torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, seed: int = 0, backend: str = "auto"):
         gal = dict(update_proj_gap=200, scale=0.25, proj_type="std", refresh="svd", oversample=8, power_iters=2,
                    lazy_threshold=None, moment_policy="keep", state_format="fp32", proj_format=None)
@@ -191,30 +192,11 @@ class _GaLoreBase(torch.optim.Optimizer):
         state[name] = stored
         state["sr_offset"] += used
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """torch.optim casts floating state to the parameter's dtype; GaLore's state is fp32
-        (and quantized codes), so restore it exactly after the generic load."""
-        saved = copy.deepcopy(state_dict["state"])
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for idx, st in saved.items():
-            p = params[idx]
-            self.state[p] = _to_device(st, p.device)
-        self._projectors = {}
+    def _after_state_load(self) -> None:
+        self._projectors = {}       # rebuilt from the loaded state on the next step
 
     def state_bytes(self) -> int:
         return optimizer_state_bytes(self)
-
-
-def _to_device(obj, device):
-    """State tensors onto the parameter's device; 0-d integer counters (step, Philox seed and
-    offset) stay on the CPU, as they are created, so reading them never waits on a GPU."""
-    if torch.is_tensor(obj):
-        counter = obj.dim() == 0 and not obj.is_floating_point() and obj.dtype != torch.bool
-        return obj.cpu() if counter else obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
