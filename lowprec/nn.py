@@ -118,10 +118,10 @@ class QuantLinear(SRStateMixin, nn.Module):
         plan = self._plan
         tokens = x.numel() // x.shape[-1]
         _, consumed = slot_offsets(tokens, self.in_features, self.out_features, plan)
-        rng = torch.stack((torch.full((), self.seed, dtype=torch.int64, device=self.sr_offset.device), self.sr_offset))
+        rng, record = self._forward_rng(consumed)
         y = quant_linear(x, w, self.bias, plan, rng, self.seed)
-        if consumed:
-            self.sr_offset.add_(consumed)
+        if record is not None:
+            self._replay.push(record, y)
         return y
 
     @property

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec.autograd import plan_for, quant_linear, slot_offsets
+from lowprec.replay import Record, recomputing
 from lowprec.sr_state import SRStateMixin
 from lowprec.nn import layer_seed
 from lowprec.recipe import get as get_recipe
@@ -121,6 +122,9 @@ class SparseLinear(SRStateMixin, nn.Module):
         new = self.compute_mask()
         rec = {"step": int(self.step), "vs_previous": flip_rate(new, self.mask),
                "vs_initial": flip_rate(new, self.initial_mask)}
+        for pending in self._replay.pending():   # forwards awaiting a recompute keep the mask they used
+            if pending.extra.get("mask") is self.mask:
+                pending.extra["mask"] = self.mask.clone()
         self.mask.copy_(new)
         self.flip_history.append(rec)
         return rec
@@ -130,23 +134,37 @@ class SparseLinear(SRStateMixin, nn.Module):
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
-            if int(self.step) > 0 and self.mask_interval > 0 and int(self.step) % self.mask_interval == 0:
-                self.refresh_mask()
-            self.step.add_(1)
-        w = masked_weight(self.weight, self.mask, self.srste_decay)
+        """y = x (W ⊙ M)ᵀ + b (+ the SLoRB path).  In training mode every forward counts a step,
+        and M is refreshed first when the count reaches a multiple of ``mask_interval``
+        (evaluate under ``model.eval()``).  An activation-checkpoint recompute replays the
+        mask and stochastic-rounding offsets of the forward it recomputes and counts nothing
+        (lowprec.replay)."""
+        compiling = torch.compiler.is_compiling()
+        replay = self._replay.pop(f"SparseLinear {self.name!r}") if not compiling and recomputing() else None
+        if replay is None:
+            if self.training:
+                if int(self.step) > 0 and self.mask_interval > 0 and int(self.step) % self.mask_interval == 0:
+                    self.refresh_mask()
+                self.step.add_(1)
+            mask = self.mask
+        else:
+            mask = replay.extra["mask"]
+        w = masked_weight(self.weight, mask, self.srste_decay)
+        rng = None
         if self.recipe is None or not self.recipe.quantized:
             y = F.linear(x, w, self.bias)
         else:
-            tokens = x.numel() // x.shape[-1]
-            _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self._plan)
-            rng = torch.stack((torch.full((), self.seed, dtype=torch.int64, device=self.sr_offset.device),
-                               self.sr_offset))
+            if replay is not None:
+                rng = replay.rng
+            else:
+                tokens = x.numel() // x.shape[-1]
+                _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self._plan)
+                rng, _ = self._forward_rng(consumed)
             y = quant_linear(x, w, self.bias, self._plan, rng, self.seed)
-            if consumed:
-                self.sr_offset.add_(consumed)
         if self.slorb_k:
             y = y + F.linear(F.linear(x, self.slorb_p), self.slorb_s)
+        if replay is None and not compiling and (self.training or torch.is_grad_enabled()):
+            self._replay.push(Record(rng, {"mask": mask}), y)
         return y
 
     def revert(self) -> nn.Linear:
