@@ -16,9 +16,10 @@ offset, so no two operands and no two calls share bits.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from functools import lru_cache
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -50,6 +51,12 @@ class LinearPlan(NamedTuple):
     backend: str
     reuse_weight: bool   # dgrad may reuse fprop's quantized W (same 2D tiles, no transform)
     hadamard_impls: tuple  # ((device type, transform fn), ...) resolved when the plan is built
+    key: str = ""        # names the plan to the custom ops (a digest of the recipe; see _PLANS)
+
+
+# Plans by key: torch.compile graphs call the quantized linear as opaque custom ops that take
+# the plan's key (a string constant in the graph) and look the plan up here.
+_PLANS: dict = {}
 
 
 def _operand_plan(op: OperandConfig, axis: int) -> OperandPlan:
@@ -68,9 +75,12 @@ def plan_for(recipe: Recipe) -> LinearPlan:
     f = recipe.fprop
     reuse = (recipe.dgrad.rhs == f.rhs and f.rhs.quantized and f.rhs.format.block_2d
              and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
-    return LinearPlan(tuple(_operand_plan(o, a) for o, a in zip(ops_, SLOT_AXES)),
+    key = hashlib.sha256(repr(recipe).encode()).hexdigest()[:32]
+    plan = LinearPlan(tuple(_operand_plan(o, a) for o, a in zip(ops_, SLOT_AXES)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
-                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe))
+                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key)
+    _PLANS.setdefault(key, plan)
+    return plan
 
 
 def _hadamard_impls(recipe: Recipe) -> tuple:
@@ -141,65 +151,147 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
     return x_hat, (factor if factor.numel() else None)
 
 
+def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int):
+    """(Y in x's dtype, X-estimator factor, W-estimator factor, fprop's quantized W kept for
+    dgrad); the last three are empty tensors when there is none."""
+    tokens, in_f = x.shape
+    out_f = weight.shape[0]
+    offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
+    ops_, had, impls = plan.operands, plan.hadamard, plan.hadamard_impls
+    xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0, impls=impls), ops_[0], rng, offsets[0],
+                                    plan.estimator, plan.backend)
+    wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0, impls=impls), ops_[1], rng,
+                                    offsets[1], plan.estimator, plan.backend)
+    y = xq @ wq.t()
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    none = x.new_empty(0, dtype=torch.float32)
+    return (y.to(x.dtype), none if x_factor is None else x_factor, none if w_factor is None else w_factor,
+            wq if plan.reuse_weight else none)
+
+
+def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan: LinearPlan, layer_seed: int,
+                   need_x: bool, need_w: bool, need_b: bool):
+    """(dX, dW, db) of the three quantized GEMMs; empty tensors for gradients not asked for."""
+    tokens, in_f = x.shape
+    out_f = weight.shape[0]
+    offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
+    ops_, had, backend, impls = plan.operands, plan.hadamard, plan.backend, plan.hadamard_impls
+    dy = grad_out.to(torch.float32)
+    none = x.new_empty(0, dtype=torch.float32)
+    grad_x = grad_w = grad_b = none
+
+    if need_x:
+        dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1, impls=impls), ops_[2], rng, offsets[2],
+                                  "ste", backend)
+        if wq_reused.numel():
+            wq = wq_reused
+        else:
+            wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng,
+                                     offsets[3], "ste", backend)
+        grad_x = dyq @ wq
+        if x_factor.numel():
+            grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed, impls)
+        grad_x = grad_x.to(x.dtype)
+
+    if need_w:
+        pad = _padded_tokens(tokens, had[2][0]) - tokens
+        dy_w, x_w = dy, x
+        if pad:
+            dy_w = torch.nn.functional.pad(dy_w, (0, 0, 0, pad))
+            x_w = torch.nn.functional.pad(x_w, (0, 0, 0, pad))
+        dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2, impls=impls), ops_[4], rng, offsets[4],
+                                  "ste", backend)
+        xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2, impls=impls), ops_[5], rng, offsets[5],
+                                 "ste", backend)
+        grad_w = dyq.t() @ xq
+        if w_factor.numel():
+            grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed, impls)
+        grad_w = grad_w.to(weight.dtype)
+
+    if need_b:
+        grad_b = dy.sum(0)
+    return grad_x, grad_w, grad_b
+
+
+# Under torch.compile the two bodies run as opaque custom ops: inductor would otherwise
+# re-derive them (fusing the bias into the GEMM, reordering the bias-gradient sum and
+# deleting the bf16 round trip of the "bf16" operands as a no-op cast), and the compiled
+# layer would no longer compute what the eager one does.  As ops they are exactly the eager
+# code, and compile in seconds.
+@torch.library.custom_op("lowprec::quant_linear_forward", mutates_args=())
+def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
+                plan_key: str, layer_seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _unaliased(_forward_math(x, weight, bias, rng, _PLANS[plan_key], layer_seed), (x, weight, bias))
+
+
+def _unaliased(outputs, inputs):
+    """A custom op's outputs may alias neither its inputs nor each other: copy those that do
+    (an fp32 operand passes through quantize_operand as itself; empties are shared)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if t is not None and t.numel()}
+    out = []
+    for t in outputs:
+        if not t.numel():
+            t = t.new_empty(0)
+        elif t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr()) if t.numel() else None
+        out.append(t)
+    return tuple(out)
+
+
+@_forward_op.register_fake
+def _(x, weight, bias, rng, plan_key, layer_seed):
+    plan = _PLANS[plan_key]
+    factors = plan.estimator != "ste"
+    f32 = torch.float32
+    x_factor = x.new_empty(x.shape if factors and plan.operands[0].kind == "quant" else (0,), dtype=f32)
+    w_factor = x.new_empty(weight.shape if factors and plan.operands[1].kind == "quant" else (0,), dtype=f32)
+    wq = x.new_empty(weight.shape if plan.reuse_weight else (0,), dtype=f32)
+    return x.new_empty((x.shape[0], weight.shape[0])), x_factor, w_factor, wq
+
+
+@torch.library.custom_op("lowprec::quant_linear_backward", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rng: torch.Tensor,
+                 x_factor: torch.Tensor, w_factor: torch.Tensor, wq_reused: torch.Tensor, plan_key: str,
+                 layer_seed: int, need_x: bool, need_w: bool, need_b: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, _PLANS[plan_key], layer_seed,
+                           need_x, need_w, need_b)
+    return _unaliased(grads, (grad_out, x, weight, rng, x_factor, w_factor, wq_reused))
+
+
+@_backward_op.register_fake
+def _(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan_key, layer_seed, need_x, need_w, need_b):
+    f32 = torch.float32
+    return (torch.empty_like(x) if need_x else x.new_empty(0, dtype=f32),
+            torch.empty_like(weight) if need_w else x.new_empty(0, dtype=f32),
+            x.new_empty((weight.shape[0],), dtype=f32) if need_b else x.new_empty(0, dtype=f32))
+
+
 class QuantLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
                 plan: LinearPlan, layer_seed: int):
-        tokens, in_f = x.shape
-        out_f = weight.shape[0]
-        offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
-        ops_, had = plan.operands, plan.hadamard
-        xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0, impls=plan.hadamard_impls), ops_[0], rng, offsets[0],
-                                        plan.estimator, plan.backend)
-        wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0, impls=plan.hadamard_impls), ops_[1], rng, offsets[1],
-                                        plan.estimator, plan.backend)
-        y = xq @ wq.t()
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        ctx.save_for_backward(x, weight, rng, x_factor, w_factor, wq if plan.reuse_weight else None)
-        ctx.cfg = (plan, layer_seed, offsets, bias is not None, x.dtype, weight.dtype)
-        return y.to(x.dtype)
+        if torch.compiler.is_compiling():
+            y, x_factor, w_factor, wq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
+        else:
+            y, x_factor, w_factor, wq = _forward_math(x, weight, bias, rng, plan, layer_seed)
+        ctx.save_for_backward(x, weight, rng, x_factor, w_factor, wq)
+        ctx.cfg = (plan, layer_seed, bias is not None)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        x, weight, rng, x_factor, w_factor, wq = ctx.saved_tensors
+        plan, layer_seed, has_bias = ctx.cfg
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
         with torch.autocast(grad_out.device.type, enabled=False):   # a backward run under autocast
-            return QuantLinearFunction._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out: torch.Tensor):
-        x, weight, rng, x_factor, w_factor, wq_reused = ctx.saved_tensors
-        plan, layer_seed, offsets, has_bias, x_dtype, w_dtype = ctx.cfg
-        ops_, had, backend = plan.operands, plan.hadamard, plan.backend
-        dy = grad_out.to(torch.float32)
-        grad_x = grad_w = grad_b = None
-
-        if ctx.needs_input_grad[0]:
-            dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1, impls=plan.hadamard_impls), ops_[2], rng, offsets[2], "ste", backend)
-            if wq_reused is not None:
-                wq = wq_reused
+            if torch.compiler.is_compiling():
+                grads = _backward_op(grad_out, x, weight, rng, x_factor, w_factor, wq, plan.key, layer_seed, *need)
             else:
-                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=plan.hadamard_impls), ops_[3], rng, offsets[3],
-                                         "ste", backend)
-            grad_x = dyq @ wq
-            if x_factor is not None:
-                grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed, plan.hadamard_impls)
-            grad_x = grad_x.to(x_dtype)
-
-        if ctx.needs_input_grad[1]:
-            pad = _padded_tokens(x.shape[0], had[2][0]) - x.shape[0]
-            dy_w, x_w = dy, x
-            if pad:
-                dy_w = torch.nn.functional.pad(dy_w, (0, 0, 0, pad))
-                x_w = torch.nn.functional.pad(x_w, (0, 0, 0, pad))
-            dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2, impls=plan.hadamard_impls), ops_[4], rng, offsets[4], "ste", backend)
-            xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2, impls=plan.hadamard_impls), ops_[5], rng, offsets[5], "ste", backend)
-            grad_w = dyq.t() @ xq
-            if w_factor is not None:
-                grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed, plan.hadamard_impls)
-            grad_w = grad_w.to(w_dtype)
-
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = dy.sum(0)
+                grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need)
+        grad_x, grad_w, grad_b = (g if n else None for g, n in zip(grads, need))
         return grad_x, grad_w, grad_b, None, None, None
 
 

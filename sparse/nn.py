@@ -138,34 +138,41 @@ class SparseLinear(SRStateMixin, nn.Module):
         and M is refreshed first when the count reaches a multiple of ``mask_interval``
         (evaluate under ``model.eval()``).  An activation-checkpoint recompute replays the
         mask and stochastic-rounding offsets of the forward it recomputes and counts nothing
-        (lowprec.replay)."""
-        compiling = torch.compiler.is_compiling()
-        replay = self._replay.pop(f"SparseLinear {self.name!r}") if not compiling and recomputing() else None
-        if replay is None:
-            if self.training:
-                if int(self.step) > 0 and self.mask_interval > 0 and int(self.step) % self.mask_interval == 0:
-                    self.refresh_mask()
-                self.step.add_(1)
-            mask = self.mask
-        else:
-            mask = replay.extra["mask"]
+        (lowprec.replay).  Under torch.compile the bookkeeping runs eagerly (a graph break:
+        it branches on the step count) and the GEMMs compile."""
+        mask, rng, record = self._begin_forward(x.numel() // x.shape[-1])
         w = masked_weight(self.weight, mask, self.srste_decay)
-        rng = None
-        if self.recipe is None or not self.recipe.quantized:
+        if rng is None:
             y = F.linear(x, w, self.bias)
         else:
-            if replay is not None:
-                rng = replay.rng
-            else:
-                tokens = x.numel() // x.shape[-1]
-                _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self._plan)
-                rng, _ = self._forward_rng(consumed)
             y = quant_linear(x, w, self.bias, self._plan, rng, self.seed)
         if self.slorb_k:
             y = y + F.linear(F.linear(x, self.slorb_p), self.slorb_s)
-        if replay is None and not compiling and (self.training or torch.is_grad_enabled()):
-            self._replay.push(Record(rng, {"mask": mask}), y)
+        if record is not None:
+            self._end_forward(record, y)
         return y
+
+    @torch.compiler.disable
+    def _begin_forward(self, tokens: int):
+        """(mask, SR (seed, offset) pair or None when unquantized, replay record to push or None)."""
+        quantized = self.recipe is not None and self.recipe.quantized
+        if recomputing():
+            replay = self._replay.pop(f"SparseLinear {self.name!r}")
+            return replay.extra["mask"], replay.rng, None
+        if self.training:
+            if int(self.step) > 0 and self.mask_interval > 0 and int(self.step) % self.mask_interval == 0:
+                self.refresh_mask()
+            self.step.add_(1)
+        rng = None
+        if quantized:
+            _, consumed = slot_offsets(tokens, self.in_features, self.out_features, self._plan)
+            rng, _ = self._forward_rng(consumed)
+        keep = self.training or torch.is_grad_enabled()
+        return self.mask, rng, (Record(rng, {"mask": self.mask}) if keep else None)
+
+    @torch.compiler.disable
+    def _end_forward(self, record: Record, y: torch.Tensor) -> None:
+        self._replay.push(record, y)
 
     def revert(self) -> nn.Linear:
         """A plain dense nn.Linear sharing the (unmasked) weight and bias."""

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .checks import check_uint64
+from .checks import check_uint64, int64_bits
 from .philox import random_bytes
 
 MAX_HADAMARD = 1 << 15
@@ -45,8 +45,27 @@ def sylvester(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
 
 def random_signs(seed: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """s in {-1, +1}^n from the Philox stream of ``seed`` (cached: layers reuse their signs
-    every step; the returned tensor must not be modified in place)."""
-    return _cached_signs(int(seed), int(n), str(torch.device(device or "cpu")), dtype)
+    every step; the returned tensor must not be modified in place).
+
+    Under torch.compile the signs come from the opaque op ``lowprec::hadamard_signs``: traced
+    inline, the Philox rounds that make them would be compiled into every graph (inductor
+    never finished compiling the nvfp4 recipe that way)."""
+    device = torch.device(device or "cpu")
+    if torch.compiler.is_compiling():
+        return _signs_op(int64_bits(int(seed)), int(n), device).to(dtype)
+    return _cached_signs(int(seed), int(n), str(device), dtype)
+
+
+@torch.library.custom_op("lowprec::hadamard_signs", mutates_args=())
+def _signs_op(seed_bits: int, n: int, device: torch.device) -> torch.Tensor:
+    """float32 signs of the uint64 seed whose two's-complement int64 bits are ``seed_bits``
+    (a fresh copy of the cached tensor: a compiled graph may reuse its outputs' memory)."""
+    return _cached_signs(seed_bits & 0xFFFFFFFFFFFFFFFF, n, str(device), torch.float32).clone()
+
+
+@_signs_op.register_fake
+def _(seed_bits, n, device):
+    return torch.empty(n, dtype=torch.float32, device=device)
 
 
 @lru_cache(maxsize=4096)
