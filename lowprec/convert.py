@@ -80,8 +80,14 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
     replaced: Dict[int, nn.Module] = {}    # id(original) -> its replacement: a module used twice is converted once
 
     def visit(module: nn.Module, prefix: str):
+        tuner = is_peft_tuner_layer(module)
         for child_name, child in all_children(module):
             fqn = f"{prefix}.{child_name}" if prefix else child_name
+            if tuner and child_name != "base_layer":     # LoRA A/B, dropout, ...: left as they are
+                for sub_name, sub in child.named_modules():
+                    if converter.can_convert(sub):
+                        report.skipped[f"{fqn}.{sub_name}" if sub_name else fqn] = PEFT_ADAPTER_REASON
+                continue
             if id(child) in replaced:
                 setattr(module, child_name, replaced[id(child)])
                 continue
@@ -113,6 +119,16 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
         visit(model, "")
     log.info("lowprec: %s", report.summary().splitlines()[0])
     return (model, report) if return_report else model
+
+
+PEFT_ADAPTER_REASON = ("PEFT adapter: kept in high precision (only the wrapped base layer is converted; "
+                       "convert an adapter explicitly if you mean to quantize it)")
+
+
+def is_peft_tuner_layer(module: nn.Module) -> bool:
+    """A PEFT layer wrapping a base layer (LoRA and the other tuners), detected without
+    importing peft: a class named BaseTunerLayer from the peft package in its MRO."""
+    return any(c.__name__ == "BaseTunerLayer" and c.__module__.startswith("peft") for c in type(module).__mro__)
 
 
 def all_children(module: nn.Module):

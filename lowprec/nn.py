@@ -1,11 +1,15 @@
-"""QuantLinear: a linear layer whose three GEMMs run under a recipe.
+"""QuantLinear (and QuantConv1D): a linear layer whose three GEMMs run under a recipe.
 
 It reuses the parameters of the layer it replaces (``from_module``), so optimizers,
 state_dicts and tied weights keep working, and ``revert()`` gives the original layer
 type back with the same parameters.  Each instance owns a stochastic-rounding seed and a
-Philox offset that advances on every call; the pair is exposed by ``rng_state()`` /
-``load_rng_state()`` (it is kept out of ``state_dict()`` so that the state_dict of a
-converted model loads into the original model and back).
+Philox offset that advances on every call; both live in ``state_dict()`` (lowprec.sr_state).
+
+A converted layer *is* an instance of what it replaces: ``QuantLinear`` subclasses
+``nn.Linear`` (weight [out, in]) and ``QuantConv1D`` subclasses transformers' ``Conv1D``
+(weight [in, out], GPT-2).  Libraries that dispatch on the layer type, PEFT's LoRA among
+them, therefore wrap a converted layer as they would the original, with the right weight
+orientation (a LoRA merge into a Conv1D weight needs its transposed delta).
 """
 
 from __future__ import annotations
@@ -32,26 +36,29 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
-class QuantLinear(SRStateMixin, nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 recipe: Union[Recipe, str] = "nvfp4", seed: int = 0, weight_layout: str = "out_in",
-                 device=None, dtype=None, name: str = ""):
-        super().__init__()
-        if weight_layout not in ("out_in", "in_out"):
-            raise ValueError(f"weight_layout must be 'out_in' (nn.Linear) or 'in_out' (Conv1D), got {weight_layout!r}")
+class _QuantGEMM(SRStateMixin):
+    """What QuantLinear and QuantConv1D share: conversion, revert and the quantized forward.
+    ``weight_layout`` is "out_in" (nn.Linear) or "in_out" (Conv1D)."""
+
+    def _build(self, in_features: int, out_features: int, bias: bool, recipe, seed: int, layout: str,
+               device, dtype, name: str) -> None:
+        nn.Module.__init__(self)
         self.in_features, self.out_features = in_features, out_features
         self.recipe = get(recipe)
         why = self.recipe.shape_mismatch(in_features, out_features)
         if why:
-            raise ValueError(f"QuantLinear({in_features}, {out_features}) under recipe {self.recipe.name!r}: {why}")
-        self.weight_layout = weight_layout
-        shape = (out_features, in_features) if weight_layout == "out_in" else (in_features, out_features)
+            raise ValueError(f"{type(self).__name__}({in_features} in, {out_features} out) under recipe "
+                             f"{self.recipe.name!r}: {why}")
+        self.weight_layout = layout
+        shape = (out_features, in_features) if layout == "out_in" else (in_features, out_features)
         self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        if layout == "out_in":
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        else:
+            nn.init.normal_(self.weight, std=0.02)          # as transformers' Conv1D
         self.name = name
         self._init_sr_state(seed, device)
-        self._original_type = nn.Linear
 
     # -- construction -------------------------------------------------------------------
     @staticmethod
@@ -78,32 +85,29 @@ class QuantLinear(SRStateMixin, nn.Module):
         why = recipe.shape_mismatch(in_f, out_f)
         if why:
             return why
-        q = cls.__new__(cls)
+        if layout == "in_out":
+            from .conv1d import QuantConv1D
+            q = QuantConv1D.__new__(QuantConv1D)
+            q.nf, q.nx = out_f, in_f
+        else:
+            q = QuantLinear.__new__(QuantLinear)
         nn.Module.__init__(q)
         q.in_features, q.out_features, q.recipe, q.weight_layout = in_f, out_f, recipe, layout
         q.weight = module.weight
         q.bias = module.bias
         q.name = name
         q._init_sr_state(layer_seed(seed, name), module.weight.device)
-        q._original_type = type(module)
         return q
 
     def revert(self) -> nn.Module:
-        """A plain layer computing the same function: the original type sharing this module's
-        parameters (nn.Linear, or Conv1D for a converted Conv1D). A QuantLinear built directly
-        with ``weight_layout="in_out"`` has no original Conv1D: it reverts to an nn.Linear
-        holding W^T (a copy, since nn.Linear stores [out, in])."""
+        """The original layer type (nn.Linear, or Conv1D for QuantConv1D) sharing this
+        module's parameters: the same function, unquantized."""
         if self.weight_layout == "out_in":
             m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
                           dtype=self.weight.dtype)
-            m.weight = self.weight
-        elif self._original_type is nn.Linear:
-            m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
-                          dtype=self.weight.dtype)
-            m.weight = nn.Parameter(self.weight.detach().t().contiguous(), requires_grad=self.weight.requires_grad)
         else:
-            m = self._original_type(self.out_features, self.in_features)
-            m.weight = self.weight
+            m = self._plain_type()(self.out_features, self.in_features)
+        m.weight = self.weight
         m.bias = self.bias
         return m
 
@@ -136,3 +140,11 @@ class QuantLinear(SRStateMixin, nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, recipe={self.recipe.describe()}")
+
+
+class QuantLinear(_QuantGEMM, nn.Linear):
+    """y = x Wᵀ + b through ``recipe``'s quantized GEMMs; W is [out, in] as in nn.Linear."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 recipe: Union[Recipe, str] = "nvfp4", seed: int = 0, device=None, dtype=None, name: str = ""):
+        self._build(in_features, out_features, bias, recipe, seed, "out_in", device, dtype, name)

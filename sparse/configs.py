@@ -19,8 +19,23 @@ from lowprec.recipe import Recipe, get as get_recipe
 from .nn import CASTLinear, SparseLinear
 
 
-def _plain_linear(module: nn.Module) -> bool:
-    return type(module) is nn.Linear
+def _linear_like(module: nn.Module) -> bool:
+    """Every linear layer, so that those a sparse layer cannot replace are reported with a
+    reason instead of being passed over silently."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _unsupported(module: nn.Module) -> Optional[str]:
+    """Why a linear-like layer is not converted (None for a plain nn.Linear)."""
+    if type(module) is nn.Linear:
+        return None
+    if type(module).__name__ == "Conv1D":
+        return ("transformers Conv1D (GPT-2) stores W as [in, out] and the 2:4 groups run along in_features "
+                "of an [out, in] weight; not converted")
+    if type(module).__name__ == "NonDynamicallyQuantizableLinear":
+        return ("nn.MultiheadAttention's out_proj: the attention calls its weight functionally, so a "
+                "replacement module would never run")
+    return f"{type(module).__name__} subclasses nn.Linear with its own forward; not converted"
 
 
 @dataclass(frozen=True)
@@ -42,9 +57,11 @@ class _MaskedConfig:
             raise ValueError("transposable masks are 2:4 only")
 
     def can_convert(self, module: nn.Module) -> bool:
-        return _plain_linear(module)
+        return _linear_like(module)
 
     def _reason(self, module: nn.Linear, name: str, extra_divisor: int = 0) -> Optional[str]:
+        if _unsupported(module):
+            return _unsupported(module)
         if module.in_features % self.m:
             return f"in_features {module.in_features} is not a multiple of the group size {self.m}"
         if self.transposable and module.out_features % 4:
@@ -107,9 +124,11 @@ class CASTConfig:
             raise ValueError("need n_scale >= 1, mask_interval >= 1 and 0 <= eta <= 1")
 
     def can_convert(self, module: nn.Module) -> bool:
-        return _plain_linear(module)
+        return _linear_like(module)
 
     def convert_module(self, module, name: str = "", seed: int = 0):
+        if _unsupported(module):
+            return _unsupported(module)
         if module.in_features % 4:
             return f"in_features {module.in_features} is not a multiple of 4 (2:4 groups)"
         if module.in_features % self.n_scale:
@@ -133,7 +152,7 @@ class SparseFP4Config:
         return self.sparse.can_convert(module)
 
     def convert_module(self, module, name: str = "", seed: int = 0):
-        why = self.recipe.shape_mismatch(module.in_features, module.out_features)
+        why = _unsupported(module) or self.recipe.shape_mismatch(module.in_features, module.out_features)
         if why:
             return why
         new = self.sparse.convert_module(module, name, seed=seed)

@@ -95,6 +95,9 @@ class SparseLinear(SRStateMixin, nn.Module):
             else:
                 self.register_buffer("slorb_p", p)
             self.slorb_s = nn.Parameter(slorb_init(self.weight, mask, self.slorb_k))
+            for p_ in (self.slorb_s, getattr(self, "slorb_p", None)):   # a frozen base stays frozen
+                if isinstance(p_, nn.Parameter):
+                    p_.requires_grad_(self.weight.requires_grad)
         self.name = name
         self._init_sr_state(layer_seed(seed, name), dev)    # SR seed and offset live in state_dict()
         self.set_recipe(recipe)
@@ -197,7 +200,8 @@ class CASTLinear(nn.Module):
         self.in_features, self.out_features, self.n_scale = linear.in_features, linear.out_features, n_scale
         self.weight, self.bias = linear.weight, linear.bias
         self.scale = nn.Parameter(torch.ones(linear.out_features, n_scale, device=linear.weight.device,
-                                             dtype=linear.weight.dtype))
+                                             dtype=linear.weight.dtype),
+                                  requires_grad=linear.weight.requires_grad)     # a frozen base stays frozen
         self.name = name
 
     def effective_weight(self) -> torch.Tensor:

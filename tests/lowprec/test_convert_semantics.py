@@ -60,10 +60,21 @@ def test_quant_linear_refuses_shapes_its_recipe_cannot_block():
     lowprec.QuantLinear(60, 64, recipe="bf16")          # nothing to block
 
 
-@pytest.mark.parametrize("layout", ["out_in", "in_out"])
-def test_revert_computes_the_same_function(layout):
-    q = lowprec.QuantLinear(64, 32, recipe="nvfp4", weight_layout=layout)
-    x = torch.randn(5, 64)
-    expect = torch.nn.functional.linear(x, q.weight_out_in(), q.bias)
-    plain = q.revert()
-    assert torch.allclose(plain(x), expect, rtol=0, atol=1e-6)
+def test_revert_computes_the_same_function():
+    from transformers.pytorch_utils import Conv1D
+    from lowprec.conv1d import QuantConv1D
+    for q in (lowprec.QuantLinear(64, 32, recipe="nvfp4"), QuantConv1D(32, 64, recipe="nvfp4")):
+        x = torch.randn(5, 64)
+        expect = torch.nn.functional.linear(x, q.weight_out_in(), q.bias)
+        plain = q.revert()
+        assert type(plain) is (Conv1D if isinstance(q, QuantConv1D) else torch.nn.Linear)
+        assert torch.allclose(plain(x), expect, rtol=0, atol=1e-6)
+
+
+def test_quant_layers_are_instances_of_what_they_replace():
+    """PEFT and transformers dispatch on the layer type: a converted layer must still be one."""
+    from transformers.pytorch_utils import Conv1D
+    m = lowprec.convert_model(torch.nn.Sequential(torch.nn.Linear(64, 32), Conv1D(32, 64)), "nvfp4")
+    assert isinstance(m[0], torch.nn.Linear) and isinstance(m[0], lowprec.QuantLinear)
+    assert isinstance(m[1], Conv1D) and not isinstance(m[1], torch.nn.Linear)
+    assert m[1].weight.shape == (64, 32) and m[1].nf == 32 and m[1].nx == 64

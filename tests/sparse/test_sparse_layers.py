@@ -155,3 +155,17 @@ def test_distillation_losses():
     assert torch.allclose(with_h, ce / 3 + (2 / 3) * 4 * kl + 0.5 * F.mse_loss(hs[0], ht[0]), atol=1e-6)
     with pytest.raises(ValueError, match="hidden"):
         sparse.ast_distillation_loss(zs, zt, y, hidden_weight=0.5)
+
+
+@pytest.mark.parametrize("config", [sparse.SRSTEConfig(), sparse.ASTConfig(slorb_k=8), sparse.CASTConfig(),
+                                    sparse.SparseFP4Config(sparse.ASTConfig(), "nvfp4")],
+                         ids=["srste", "ast", "cast", "sparse_fp4"])
+def test_layers_a_sparse_config_cannot_replace_are_reported(config):
+    """GPT-2's Conv1D and nn.MultiheadAttention's out_proj used to be passed over silently
+    (the report listed nothing): they are skipped with the reason."""
+    from transformers.pytorch_utils import Conv1D
+    model = torch.nn.ModuleDict({"conv": Conv1D(32, 64), "mha": torch.nn.MultiheadAttention(64, 4),
+                                 "lin": torch.nn.Linear(64, 32)})
+    model, report = lowprec.convert_model(model, config, return_report=True)
+    assert report.converted == ["lin"]
+    assert "Conv1D" in report.skipped["conv"] and "out_proj" in report.skipped["mha.out_proj"]
