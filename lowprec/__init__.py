@@ -8,6 +8,7 @@ from .formats import (E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FP32_SCALE, MXFP4, MXF
                       ScaleFormat, get_format, ue5m3)
 from .functional import compress_24, dequantize, fake_quantize, hadamard, nm_mask, quantize, random_bytes
 from .gemm import qgemm
+from .hf import load_pretrained
 from .ops import BackendUnavailable, available_backends
 from .nn import QuantLinear
 from .recipe import GemmConfig, OperandConfig, Recipe
@@ -22,5 +23,5 @@ __all__ = [
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2", "PRESETS",
     "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes",
     "convert_model", "revert_model", "ConversionReport", "rng_state", "load_rng_state",
-    "QuantLinear", "Recipe", "GemmConfig", "OperandConfig",
+    "QuantLinear", "Recipe", "GemmConfig", "OperandConfig", "load_pretrained",
 ]

@@ -118,6 +118,9 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
     else:
         visit(model, "")
     log.info("lowprec: %s", report.summary().splitlines()[0])
+    if report.converted:
+        from .hf import record_conversion
+        record_conversion(model, config, seed, report.converted)   # model.config.lowprec, for save_pretrained
     return (model, report) if return_report else model
 
 
@@ -158,6 +161,9 @@ def revert_model(model: nn.Module) -> nn.Module:
             else:
                 visit(child)
     visit(model)
+    hf_config = getattr(model, "config", None)
+    if hf_config is not None and getattr(hf_config, "lowprec", None) is not None:
+        hf_config.lowprec = None           # a reverted model saves as the plain model it now is
     return model
 
 

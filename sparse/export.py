@@ -14,13 +14,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import lowprec
+from lowprec.hf import record_conversion
 from lowprec.nn import QuantLinear
 
 from .cast import cast_masks
@@ -49,17 +51,22 @@ def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
     return lin
 
 
+LOW_RANK_CHOICES = ("keep", "fold", "drop")
+
+
 @torch.no_grad()
-def _export_sparse_linear(mod: SparseLinear) -> nn.Module:
+def _export_sparse_linear(mod: SparseLinear, low_rank: Optional[str]) -> nn.Module:
     w = mod.weight * mod.mask
+    if mod.slorb_k and low_rank == "fold":                 # the function kept, the 2:4 pattern not
+        w = w + mod.slorb_s @ mod.slorb_p
     if mod.recipe is not None and mod.recipe.quantized:
         base = QuantLinear.from_module(_linear(w, mod.bias), mod.recipe, name=mod.name)
         base.seed = mod.seed
         base.sr_offset.copy_(mod.sr_offset)
     else:
         base = _linear(w, mod.bias)
-    base.is_2to4 = True
-    if not mod.slorb_k:
+    base.is_2to4 = not (mod.slorb_k and low_rank == "fold")
+    if not mod.slorb_k or low_rank in ("fold", "drop"):
         return base
     down = nn.Linear(mod.in_features, mod.in_features // mod.slorb_k, bias=False, device=w.device, dtype=w.dtype)
     up = nn.Linear(mod.in_features // mod.slorb_k, mod.out_features, bias=False, device=w.device, dtype=w.dtype)
@@ -69,16 +76,44 @@ def _export_sparse_linear(mod: SparseLinear) -> nn.Module:
 
 
 @torch.no_grad()
-def export(model: nn.Module, optimizer=None, inplace: bool = False) -> nn.Module:
+def export(model: nn.Module, optimizer=None, inplace: bool = False, low_rank: Optional[str] = None) -> nn.Module:
     """Plain modules with exactly 2:4 weights (a copy unless ``inplace``).  ``optimizer``:
-    the AdamS that trained CAST layers (its masks); without it CAST layers use top-2:4 of |W|."""
+    the AdamS that trained CAST layers (its masks); without it CAST layers use top-2:4 of |W|.
+
+    ``low_rank`` says what becomes of AST's SLoRB side path (x Pᵀ) Sᵀ; a model with SLoRB
+    layers must choose, since no choice keeps everything:
+
+    - ``"keep"``: ``SparseWithLowRank`` = the exact 2:4 linear + the dense side path.  The same
+      function, 2:4 weights; loading it needs lowprec (``lowprec.load_pretrained`` rebuilds
+      it from ``save_pretrained``; transformers alone would not know the side path).
+    - ``"fold"``: one dense ``nn.Linear`` with W ⊙ M + S P.  The same function (up to float
+      rounding) and loadable by transformers alone, but the weights are no longer 2:4.
+    - ``"drop"``: the 2:4 linear alone.  Loadable by transformers alone and exactly 2:4, but
+      the side path's contribution is gone (the function changes).
+
+    A Hugging Face model's ``config.lowprec`` is updated: "fold" and "drop" leave a plain
+    model (``from_pretrained`` of the original class loads it exactly), "keep" records the
+    side paths for ``lowprec.load_pretrained``."""
+    if low_rank is not None and low_rank not in LOW_RANK_CHOICES:
+        raise ValueError(f"low_rank must be one of {LOW_RANK_CHOICES}, got {low_rank!r}")
+    with_side = [n for n, m in model.named_modules() if isinstance(m, SparseLinear) and m.slorb_k]
+    if with_side and low_rank is None:
+        raise ValueError(
+            f"{len(with_side)} layers (e.g. {with_side[0]!r}) carry an SLoRB low-rank side path: pass "
+            "low_rank='keep' (exact function and 2:4 weights, loads with lowprec.load_pretrained), 'fold' "
+            "(exact function, dense weights, loads with transformers alone) or 'drop' (2:4 weights, loads "
+            "with transformers alone, the side path's contribution removed)")
     masks = cast_masks(model, optimizer)
     cast = {name: masks[mod] for name, mod in model.named_modules() if mod in masks}
     out = model if inplace else copy.deepcopy(model)
+    side_ranks = {}
 
     def new_module(name, mod):
         if isinstance(mod, SparseLinear):
-            return _export_sparse_linear(mod)
+            new = _export_sparse_linear(mod, low_rank)
+            if isinstance(new, SparseWithLowRank):
+                side_ranks[name] = new.down.out_features
+            return new
         if isinstance(mod, CASTLinear):
             lin = _linear(mod.effective_weight() * cast[name].to(mod.weight.device), mod.bias)
             lin.is_2to4 = True
@@ -88,7 +123,33 @@ def export(model: nn.Module, optimizer=None, inplace: bool = False) -> nn.Module
     replaced = _replace(out, new_module)
     if not replaced:
         raise ValueError("the model holds no SparseLinear or CASTLinear layer to export")
+    hf_config = getattr(out, "config", None)
+    if hf_config is not None and callable(getattr(hf_config, "to_dict", None)):
+        hf_config.lowprec = None
+        if side_ranks:
+            record_conversion(out, SideLowRankLayout(side_ranks), 0, sorted(side_ranks))
     return out
+
+
+@dataclass(frozen=True)
+class SideLowRankLayout:
+    """The converter ``lowprec.load_pretrained`` uses to rebuild an export with
+    ``low_rank="keep"``: each named nn.Linear becomes a ``SparseWithLowRank`` shell of the
+    recorded rank (its weights then come from the saved state)."""
+    ranks: Dict[str, int] = field(default_factory=dict)
+
+    def can_convert(self, module: nn.Module) -> bool:
+        return type(module) is nn.Linear
+
+    def convert_module(self, module: nn.Linear, name: str = ""):
+        if name not in self.ranks:
+            return "not an exported SLoRB layer"
+        r = self.ranks[name]
+        dev, dt = module.weight.device, module.weight.dtype
+        down = nn.Linear(module.in_features, r, bias=False, device=dev, dtype=dt)
+        up = nn.Linear(r, module.out_features, bias=False, device=dev, dtype=dt)
+        module.is_2to4 = True
+        return SparseWithLowRank(module, down, up)
 
 
 def _replace(model: nn.Module, fn, prefix: str = "") -> int:

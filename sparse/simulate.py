@@ -99,7 +99,7 @@ def run_method(method, seed, ckpt, cfg: TrainConfig, corpus, args, progress=None
     if method == "dense":
         final, flips, frac = model, 0.0, 0.0
     else:
-        final = export(model, opt if method == "cast" else None)
+        final = export(model, opt if method == "cast" else None, low_rank="keep")   # the trained function, 2:4
         layers = sparse_linears(final)
         frac = statistics.mean(float(fraction_nm(m.weight.detach()) == 1.0) for _, m in layers)
         base = {n[: -len(".sparse")] if n.endswith(".sparse") else n: m for n, m in layers}

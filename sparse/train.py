@@ -87,8 +87,9 @@ class SparseTrainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
-    def export(self) -> nn.Module:
-        return export(self.model, self.optimizer if self.method == "cast" else None)
+    def export(self, low_rank=None) -> nn.Module:
+        """``sparse.export`` of the trained model (``low_rank``: what becomes of SLoRB's side path)."""
+        return export(self.model, self.optimizer if self.method == "cast" else None, low_rank=low_rank)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

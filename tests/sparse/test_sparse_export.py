@@ -30,7 +30,7 @@ def _trained(config, steps=5):
 def test_export_is_exactly_24_and_matches_the_training_model(config):
     tr = _trained(config)
     model = tr.model.eval()
-    out = sparse.export(model)
+    out = sparse.export(model, low_rank="keep")
     layers = sparse.sparse_linears(out)
     assert len(layers) == len(tr.report.converted) > 0
     for name, mod in layers:
@@ -60,7 +60,7 @@ def test_cast_export_folds_scaling_and_applies_the_optimizers_mask():
 
 def test_compressed_storage_round_trip_is_lossless():
     tr = _trained(sparse.ASTConfig(slorb_k=8))
-    out = sparse.export(tr.model)
+    out = sparse.export(tr.model, low_rank="keep")
     small = sparse.compress_model(out)
     comp = [m for m in small.modules() if isinstance(m, sparse.Compressed24Linear)]
     assert len(comp) == len(sparse.sparse_linears(out))
