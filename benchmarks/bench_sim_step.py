@@ -59,7 +59,7 @@ def main():
     args = ap.parse_args()
     cfg = TinyLMConfig()
     corpus = ByteCorpus()
-    recipes = {name: lowprec.recipes.get(name, backend=args.backend) for name in lowprec.recipes.names()}
+    recipes = {name: lowprec.recipes.get(name, backend=args.backend) for name in lowprec.recipes.TRAINING_PRESETS}
     medians = step_times(recipes, args.steps, corpus, cfg, args.batch_size)
     rows = [dict(recipe=name, backend=args.backend, step_ms=1e3 * t) for name, t in medians.items()]
     base = next(r["step_ms"] for r in rows if r["recipe"] == "bf16")

@@ -251,17 +251,39 @@ def _ue5m3() -> Recipe:
                   GemmConfig(grad, act, hadamard=16))
 
 
+def _inference(name: str, fmt: str, activations: bool) -> Recipe:
+    """An inference recipe: the forward GEMM only, weights in 1-D blocks of 16 (32 for MXFP4)
+    along in_features, round to nearest; activations quantized the same way for W4A4, kept in
+    high precision for weight-only.  Gradients (if anyone trains through it) are fp32.
+
+    Training recipes quantize weights in 16x16 tiles so that the same codes serve fprop and
+    dgrad (Wᵀ); at inference there is no dgrad, and 1x16 blocks follow each output row's own
+    range, which loses much less (docs/recipes.md has the measured numbers)."""
+    w = _op(fmt)
+    x = _op(fmt) if activations else _op(None)
+    full = _op(None)
+    return Recipe(name, GemmConfig(x, w), GemmConfig(full, full), GemmConfig(full, full))
+
+
 PRESETS = {
     "bf16": _uniform("bf16", "bf16"),
     "mxfp8": _uniform("mxfp8", "mxfp8"),
     "mxfp4": _uniform("mxfp4", "mxfp4"),
     "nvfp4": _nvfp4(),
     "ue5m3": _ue5m3(),
+    # inference: W4A16 (weight-only) and W4A4
+    "nvfp4_weight_only": _inference("nvfp4_weight_only", "nvfp4", activations=False),
+    "nvfp4_w4a4": _inference("nvfp4_w4a4", "nvfp4", activations=True),
+    "mxfp4_weight_only": _inference("mxfp4_weight_only", "mxfp4", activations=False),
+    "mxfp4_w4a4": _inference("mxfp4_w4a4", "mxfp4", activations=True),
 }
+TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
+INFERENCE_PRESETS = ("nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4")
 
 
 def get(name: Union[str, Recipe], **overrides) -> Recipe:
-    """A named recipe ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3"), with optional overrides."""
+    """A named recipe, with optional overrides: for training "bf16", "mxfp8", "mxfp4", "nvfp4",
+    "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
     if isinstance(name, Recipe):
         r = name
     else:
