@@ -98,3 +98,32 @@ def test_gradient_checkpointing_enable_gives_the_same_gradients(name):
             assert torch.equal(grads[0][n], grads[1][n]), (step, n)
     for k, v in plain.state_dict().items():
         assert torch.equal(v, ckpt.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "ast_slorb"])
+def test_a_killed_trainer_run_resumes_bit_identically(name, tmp_path):
+    """The run is SIGKILLed in another process after its step-2 checkpoint; resuming from that
+    checkpoint ends where the uninterrupted run ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(__file__), "hf_kill_worker.py")
+    out = subprocess.run([sys.executable, worker, str(tmp_path / "killed"), name], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == -signal.SIGKILL, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "killing the run" in out.stdout
+    ckpt = tmp_path / "killed" / "checkpoint-2"
+    assert ckpt.exists() and not (tmp_path / "killed" / "checkpoint-4").exists()
+
+    def model():
+        return lowprec.convert_model(_llama(), CONFIGS[name], module_filter_fn=lambda m, n: "lm_head" not in n)
+
+    straight = model()
+    transformers.Trainer(model=straight, args=_args(tmp_path / "a", 4), train_dataset=Tokens()).train()
+    resumed = model()
+    transformers.Trainer(model=resumed, args=_args(tmp_path / "c", 4), train_dataset=Tokens()).train(
+        resume_from_checkpoint=str(ckpt))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

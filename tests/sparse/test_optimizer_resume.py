@@ -13,7 +13,7 @@ from torch import nn
 
 import lowprec
 from lowprec import sparse
-from lowprec.galore import GaLoreAdamW
+from lowprec.galore import GaLoreAdafactor, GaLoreAdamW
 
 STEPS = 5
 
@@ -48,7 +48,15 @@ def _galore_lowbit(dtype):
     return model, GaLoreAdamW(groups, lr=1e-2)
 
 
-FACTORIES = {"adams": _adams, "ast": _ast, "galore": _galore, "galore_mxfp8_state": _galore_lowbit}
+def _galore_adafactor(dtype):
+    model = _model(dtype)
+    groups = [{"params": [model[0].weight, model[2].weight], "rank": 4, "update_proj_gap": 2},
+              {"params": [model[0].bias, model[2].bias]}]
+    return model, GaLoreAdafactor(groups, lr=1e-2, beta1=0.9)
+
+
+FACTORIES = {"adams": _adams, "ast": _ast, "galore": _galore, "galore_mxfp8_state": _galore_lowbit,
+             "galore_adafactor": _galore_adafactor}
 
 
 def _batches(dtype):

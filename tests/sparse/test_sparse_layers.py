@@ -169,3 +169,21 @@ def test_layers_a_sparse_config_cannot_replace_are_reported(config):
     model, report = lowprec.convert_model(model, config, return_report=True)
     assert report.converted == ["lin"]
     assert "Conv1D" in report.skipped["conv"] and "out_proj" in report.skipped["mha.out_proj"]
+
+
+def test_ships_as_lowprec_sparse_and_not_as_a_top_level_sparse(tmp_path):
+    """A top-level ``sparse`` would clash with PyData's package on PyPI.  Outside the source
+    tree, ``lowprec.sparse`` imports and a ``sparse`` module, if any, is not ours."""
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import importlib.util, lowprec.sparse as s; spec = importlib.util.find_spec('sparse'); "
+            "print(s.SparseLinear.__module__); print(spec.origin if spec else None)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    module, origin = out.stdout.split()
+    assert module == "lowprec.sparse.nn"
+    assert origin == "None" or not origin.startswith(repo)      # PyData's, if installed
