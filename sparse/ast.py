@@ -16,6 +16,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from lowprec.sharding import local_rows
+
 from .nn import SparseLinear
 from .optim import MaskedAdamBase
 
@@ -55,4 +57,4 @@ class ASTAdamW(MaskedAdamBase):
         return min(step / group["ramp_steps"], 1.0)
 
     def mask_for(self, p, group, state, step):
-        return self._masks[id(p)]
+        return local_rows(self._masks[id(p)], p)        # FSDP2: the rows of the local shard

@@ -17,6 +17,8 @@ from typing import Optional
 
 from torch import nn
 
+from lowprec.sharding import local
+
 from .masks import nm_mask
 from .nn import CASTLinear
 from .optim import MaskedAdamBase
@@ -47,7 +49,7 @@ class AdamS(MaskedAdamBase):
 
     def mask_for(self, p, group, state, step):
         if "mask" not in state or (step - 1) % group["mask_interval"] == 0:
-            w = state.get("master", p)
+            w = state.get("master", local(p))          # rows are whole: an FSDP2 shard is masked alone
             state["mask"] = nm_mask(w.abs(), group["n"], group["m"])
         return state["mask"]
 

@@ -3,7 +3,9 @@
 Both keep fp32 master weights (for non-fp32 parameters) and fp32 moments, count steps per
 parameter from 1, and run the fused step of ``sparse.kernels`` on the chosen backend.
 Param groups carry ``sparse`` (bool): sparse parameters get the masked update, the others
-plain AdamW (the same kernel with no mask).
+plain AdamW (the same kernel with no mask).  Under FSDP2 each rank steps its local rows of a
+sharded parameter: the update is elementwise and 2:4 groups run within a row, so the result
+is the unsharded step's, row for row, and the state is sharded as the parameter is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Optional
 import torch
 
 from lowprec.optim_state import ExactStateLoad
+from lowprec.sharding import local, row_shard_only
 
 from .kernels import masked_adam_step
 from .reference import StepScalars
@@ -56,12 +59,14 @@ class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                row_shard_only(p)           # FSDP2: step the local rows (the math is row-local)
+                w, grad = local(p), local(p.grad)
                 state = self.state[p]
                 if not state:
-                    self._init_state(p, state)
+                    self._init_state(w, state)
                 state["step"] += 1
                 t = int(state["step"])
-                master = state.get("master", p)
+                master = state.get("master", w)
                 if not master.is_contiguous():
                     raise ValueError("parameters must be contiguous")
                 mask = self.mask_for(p, group, state, t) if group["sparse"] else None
@@ -69,10 +74,10 @@ class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
                 scalars = StepScalars.make(self.mode, t, group["lr"], b1, b2, group["eps"],
                                            group["weight_decay"], group.get("lam", 0.0),
                                            self.progress(group, t) if group["sparse"] else 0.0)
-                masked_adam_step(master, p.grad, state["exp_avg"], state["exp_avg_sq"], mask, scalars,
+                masked_adam_step(master, grad, state["exp_avg"], state["exp_avg_sq"], mask, scalars,
                                  backend=self.backend)
-                if master is not p:
-                    p.copy_(master)
+                if master is not w:
+                    w.copy_(master)
         return loss
 
     def state_bytes(self) -> int:

@@ -2,7 +2,10 @@
 gradient is freed at once, so the full gradients of all layers never coexist.
 
 Under DDP the hook fires before the gradient all-reduce finishes, so layer-wise stepping
-is refused for DDP-wrapped models (use the plain optimizer step there).
+is refused for DDP-wrapped models (use the plain optimizer step there).  Under FSDP2 the
+sharded gradient is assigned after the reduce-scatter and the hook never fires: refused
+too.  (Wrap the model with fully_shard before building the optimizer: FSDP2 replaces the
+parameters, so hooks registered on the old ones would be lost.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class LayerwiseOptimizer:
         self._handles = []
         model_params = {id(p) for p in model.parameters()}
         for p in self._group_of:
+            if type(p).__name__ == "DTensor":
+                raise NotImplementedError(
+                    "layer-wise updates under FSDP2: the sharded gradient is assigned after FSDP2's "
+                    "reduce-scatter, not accumulated, so the hook would never fire; use optimizer.step()")
             if id(p) not in model_params:
                 raise ValueError("the optimizer holds a parameter that is not in the model")
             self._handles.append(p.register_post_accumulate_grad_hook(self._hook))

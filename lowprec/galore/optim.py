@@ -27,6 +27,7 @@ from . import state as lowbit
 from .fused import galore_project_q, galore_update_, galore_update_q_
 from .projector import GaLoreProjector, ProjectorConfig
 from ..optim_state import ExactStateLoad
+from ..sharding import is_dtensor, local, local_rows, row_shard_only
 
 MOMENT_POLICIES = ("keep", "reproject", "reset")
 PROJ_KEYS = ("rank", "update_proj_gap", "scale", "proj_type", "refresh", "oversample", "power_iters",
@@ -174,8 +175,31 @@ class _GaLoreBase(ExactStateLoad, torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self.step_param(p, group)
+                    if is_dtensor(p):
+                        self._step_sharded(p, group)
+                    else:
+                        self.step_param(p, group)
         return loss
+
+    def _step_sharded(self, p, group) -> None:
+        """An FSDP2-sharded parameter: the projector needs the whole gradient matrix, so the
+        gradient and the weight are all-gathered, every rank runs the unsharded step on the
+        same inputs with the same seeds and state (hence the same result), and keeps its own
+        rows.  Exact, but the optimizer state is replicated on every rank, not sharded."""
+        row_shard_only(p)
+        full = p.full_tensor().detach().clone()
+        full.grad = p.grad.full_tensor()
+        tables = (self.state, self._index, self._projectors)
+        for table in tables:
+            if p in table:
+                table[full] = table.pop(p)
+        try:
+            self.step_param(full, group)
+        finally:
+            for table in tables:
+                if full in table:
+                    table[p] = table.pop(full)
+        local(p).copy_(local_rows(full, p))
 
     def step_param(self, p: torch.Tensor, group: dict) -> None:
         raise NotImplementedError

@@ -185,3 +185,20 @@ def test_checkpoint_resume_is_identical(config, tmp_path):
     assert len(masks_a) == len(masks_c) and all(torch.equal(a, c) for a, c in zip(masks_a, masks_c))
     if isinstance(config, sparse.CASTConfig):
         assert masks_a                                              # CAST's masks live in the optimizer
+
+
+@pytest.mark.slow
+def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
+    """AdamS, ASTAdamW and GaLoreAdamW under FSDP2 (2 gloo processes) equal one process bit for
+    bit; they used to fail on DTensors ("nm_mask does not have a sharding strategy registered",
+    "got mixed torch.Tensor and DTensor").  LayerwiseOptimizer refuses FSDP2 (its hook would
+    never fire)."""
+    import os
+    import subprocess
+    import sys
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
+    out = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for name in ("adams", "ast", "galore", "galore_mxfp8"):
+        assert f"{name}: FSDP2 == single process (max |difference| 0.00e+00)" in out.stdout, out.stdout
+    assert "layerwise refused under FSDP2" in out.stdout

@@ -1,0 +1,135 @@
+"""Two CPU processes with gloo train under FSDP2 (fully_shard) with lowprec's optimizers: AdamS
+on a CAST model, ASTAdamW on an AST model, GaLoreAdamW (fp32 and MXFP8 moments) on a plain
+one; the result must equal one process on the same global batch.
+
+AdamS and ASTAdamW step each rank's local rows of the sharded weights (their update is
+elementwise and 2:4 groups run within a row); GaLore gathers the gradient for its projector
+and keeps the local rows of the update.  The one-process reference takes each half-batch's
+gradient separately and averages them, which is what FSDP2's reduce-scatter computes, so the
+comparison is bit for bit (masks, step counters and weights).
+
+    python fsdp_worker.py OUT_DIR
+"""
+
+import datetime
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import lowprec
+from lowprec import sparse
+
+WORLD, TOKENS_PER_RANK, STEPS = 2, 32, 4
+
+
+def model(config):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
+    return m if config is None else lowprec.convert_model(m, config)
+
+
+def optimizer(name, m):
+    if name.startswith("galore"):
+        from lowprec.galore import GaLoreAdamW
+        ws = [m[0].weight, m[2].weight]
+        fmt = "mxfp8" if name == "galore_mxfp8" else "fp32"
+        return GaLoreAdamW([{"params": ws, "rank": 8, "update_proj_gap": 2, "state_format": fmt},
+                            {"params": [m[0].bias, m[2].bias]}], lr=1e-2)
+    if name == "adams":
+        return sparse.AdamS(sparse.cast_param_groups(m), lr=1e-2, lam=1e-3, total_steps=STEPS, mask_interval=2)
+    return sparse.ASTAdamW.for_model(m, lr=1e-2, lam=1e-2, ramp_steps=2)
+
+
+CASES = {"adams": sparse.CASTConfig(), "ast": sparse.ASTConfig(mask_interval=2, slorb_k=0),
+         "galore": None, "galore_mxfp8": None}
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(TOKENS_PER_RANK * WORLD, 64, generator=g), torch.randn(TOKENS_PER_RANK * WORLD, 64, generator=g))
+            for _ in range(STEPS)]
+
+
+def train(m, opt, data, rows=slice(None)):
+    for x, y in data:
+        opt.zero_grad()
+        (m(x[rows]) - y[rows]).pow(2).mean().backward()
+        opt.step()
+
+
+def train_as_two_ranks(m, opt, data):
+    """One process doing what the two FSDP2 ranks do together: each half-batch's gradient
+    separately, then their average (what FSDP2's reduce-scatter computes: halving is exact)."""
+    for x, y in data:
+        halves = []
+        for r in range(WORLD):
+            rows = slice(r * TOKENS_PER_RANK, (r + 1) * TOKENS_PER_RANK)
+            opt.zero_grad()
+            m.train(r == 0)       # each rank's AST layers count one forward per step: so does this process
+            (m(x[rows]) - y[rows]).pow(2).mean().backward()
+            halves.append([p.grad.clone() for p in m.parameters()])
+        m.train()
+        for p, *gs in zip(m.parameters(), *halves):
+            p.grad = sum(g / WORLD for g in gs)
+        opt.step()
+
+
+def full_state(m):
+    out = {}
+    for k, v in m.state_dict().items():
+        out[k] = v.full_tensor() if hasattr(v, "full_tensor") else v
+    return out
+
+
+def worker(rank, out_dir):
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=300),
+                            init_method="file://" + os.path.join(out_dir, "rendezvous"))
+    from torch.distributed.fsdp import fully_shard
+    rows = slice(rank * TOKENS_PER_RANK, (rank + 1) * TOKENS_PER_RANK)
+    for name, config in CASES.items():
+        m = model(config)
+        for layer in m:
+            if any(p.requires_grad for p in layer.parameters()):
+                fully_shard(layer)
+        fully_shard(m)
+        opt = optimizer(name, m)
+        train(m, opt, batches(), rows)
+        state = full_state(m)
+        if rank == 0:
+            torch.save(state, os.path.join(out_dir, f"fsdp_{name}.pt"))
+    from lowprec.galore import LayerwiseOptimizer
+    m = model(None)
+    fully_shard(m)
+    try:
+        LayerwiseOptimizer(m, optimizer("galore", m))
+    except NotImplementedError as e:
+        if rank == 0:
+            print("layerwise refused under FSDP2:", str(e).split(":")[0], flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main(out_dir):
+    mp.spawn(worker, args=(out_dir,), nprocs=WORLD, join=True)
+    for name, config in CASES.items():
+        worst = 0.0
+        m = model(config)
+        opt = optimizer(name, m)
+        train_as_two_ranks(m, opt, batches())
+        got = torch.load(os.path.join(out_dir, f"fsdp_{name}.pt"))
+        for k, v in m.state_dict().items():
+            if v.dtype == torch.bool or not v.is_floating_point():
+                assert torch.equal(v, got[k]), (name, k)
+            else:
+                d = (v - got[k]).abs().max().item()
+                worst = max(worst, d)
+                assert d == 0.0, (name, k, d)
+        print(f"{name}: FSDP2 == single process (max |difference| {worst:.2e})", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
