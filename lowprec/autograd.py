@@ -37,6 +37,7 @@ class OperandPlan(NamedTuple):
     fmt_json: str        # the QuantFormat the quantizer runs, block axis set, as JSON ("" if not quantized)
     rounding: str
     sr_clipping: bool = False
+    amax_sync: bool = False   # all-reduce the tensor amax across the data-parallel group
 
     @property
     def stochastic(self) -> bool:
@@ -59,14 +60,18 @@ class LinearPlan(NamedTuple):
 _PLANS: dict = {}
 
 
-def _operand_plan(op: OperandConfig, axis: int) -> OperandPlan:
+def _operand_plan(op: OperandConfig, axis: int, sync_amax: bool = False) -> OperandPlan:
     if op.format is None:
         return OperandPlan("fp32", "", op.rounding)
     if op.format == "bf16":
         return OperandPlan("bf16", "", op.rounding)
     fmt = op.effective_format
     fmt = fmt if fmt.block_2d else fmt.replace(axis=axis)
-    return OperandPlan("quant", format_to_json(fmt), op.rounding, op.sr_clipping)
+    return OperandPlan("quant", format_to_json(fmt), op.rounding, op.sr_clipping, sync_amax and fmt.tensor_scale)
+
+
+# the operands that differ between data-parallel ranks: X (fprop), dY (dgrad), dY and X (wgrad)
+RANK_LOCAL_SLOTS = (True, False, True, False, True, True)
 
 
 @lru_cache(maxsize=None)
@@ -76,7 +81,8 @@ def plan_for(recipe: Recipe) -> LinearPlan:
     reuse = (recipe.dgrad.rhs == f.rhs and f.rhs.quantized and f.rhs.format.block_2d
              and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
     key = hashlib.sha256(repr(recipe).encode()).hexdigest()[:32]
-    plan = LinearPlan(tuple(_operand_plan(o, a) for o, a in zip(ops_, SLOT_AXES)),
+    plan = LinearPlan(tuple(_operand_plan(o, a, recipe.sync_tensor_amax and local)
+                            for o, a, local in zip(ops_, SLOT_AXES, RANK_LOCAL_SLOTS)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
                       recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key)
     _PLANS.setdefault(key, plan)
@@ -147,7 +153,8 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
     if op.kind == "bf16":
         return t.to(torch.bfloat16).to(torch.float32), None
     quantizer = fake_quantize_op if torch.compiler.is_compiling() else fake_quantize_eager
-    x_hat, factor = quantizer(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend, op.sr_clipping)
+    x_hat, factor = quantizer(t, op.fmt_json, op.rounding, rng, extra_offset, estimator, backend, op.sr_clipping,
+                              op.amax_sync)
     return x_hat, (factor if factor.numel() else None)
 
 

@@ -131,6 +131,9 @@ class Recipe:
     estimator: str = "ste"
     backend: str = "auto"
     hadamard_backend: str = "auto"
+    # data parallel: all-reduce (max) the tensor amax of activations and gradients across the
+    # process group (lowprec.distributed), so every rank uses the tensor scale one process would
+    sync_tensor_amax: bool = False
 
     def __post_init__(self):
         for name in ("fprop", "dgrad", "wgrad"):
@@ -144,7 +147,7 @@ class Recipe:
     def to_dict(self) -> dict:
         return {"name": self.name, "fprop": self.fprop.to_dict(), "dgrad": self.dgrad.to_dict(),
                 "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend,
-                "hadamard_backend": self.hadamard_backend}
+                "hadamard_backend": self.hadamard_backend, "sync_tensor_amax": self.sync_tensor_amax}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -204,7 +207,8 @@ class Recipe:
 
     def describe(self) -> str:
         return (f"{self.name}: fprop[{self.fprop.describe()}] dgrad[{self.dgrad.describe()}] "
-                f"wgrad[{self.wgrad.describe()}] est={self.estimator}")
+                f"wgrad[{self.wgrad.describe()}] est={self.estimator}"
+                + (" amax=all-reduced" if self.sync_tensor_amax else ""))
 
     # -- convert_model protocol ------------------------------------------------------------
     def convert_module(self, module, name: str):
