@@ -37,3 +37,13 @@ def local_rows(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     row_shard_only(p)
     shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
     return full.narrow(0, offset[0], shape[0]) if len(shape) else full
+
+
+def shard_like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Optimizer state ``t`` computed on ``p``'s local shard, as a DTensor sharded like ``p``
+    (plain ``t`` for a plain ``p``).  Sharded state must be DTensors: torch.distributed.checkpoint
+    treats a plain tensor as replicated and would keep one rank's shard for all."""
+    if not is_dtensor(p):
+        return t
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(t, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())

@@ -17,7 +17,7 @@ from typing import Optional
 
 from torch import nn
 
-from lowprec.sharding import local
+from lowprec.sharding import local, shard_like
 
 from .masks import nm_mask
 from .nn import CASTLinear
@@ -49,9 +49,9 @@ class AdamS(MaskedAdamBase):
 
     def mask_for(self, p, group, state, step):
         if "mask" not in state or (step - 1) % group["mask_interval"] == 0:
-            w = state.get("master", local(p))          # rows are whole: an FSDP2 shard is masked alone
-            state["mask"] = nm_mask(w.abs(), group["n"], group["m"])
-        return state["mask"]
+            w = local(state["master"]) if "master" in state else local(p)   # rows are whole: a shard is masked alone
+            state["mask"] = shard_like(nm_mask(w.abs(), group["n"], group["m"]), p)
+        return local(state["mask"])
 
     def masks(self) -> dict:
         """{parameter: current mask} of the sparse parameters that have stepped."""

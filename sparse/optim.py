@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from lowprec.optim_state import ExactStateLoad
-from lowprec.sharding import local, row_shard_only
+from lowprec.sharding import local, row_shard_only, shard_like
 
 from .kernels import masked_adam_step
 from .reference import StepScalars
@@ -41,11 +41,15 @@ class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
         raise NotImplementedError
 
     def _init_state(self, p, state):
+        """Moments (and the fp32 master of a non-fp32 weight), of the local shard under FSDP2,
+        kept as DTensors sharded like the parameter."""
+        w = local(p)
         state["step"] = torch.zeros((), dtype=torch.int64)
-        state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
-        if p.dtype != torch.float32:
-            state["master"] = p.detach().float().contiguous()
+        state["exp_avg"] = shard_like(torch.zeros_like(w, dtype=torch.float32, memory_format=torch.contiguous_format), p)
+        state["exp_avg_sq"] = shard_like(torch.zeros_like(w, dtype=torch.float32,
+                                                          memory_format=torch.contiguous_format), p)
+        if w.dtype != torch.float32:
+            state["master"] = shard_like(w.detach().float().contiguous(), p)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -63,10 +67,10 @@ class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
                 w, grad = local(p), local(p.grad)
                 state = self.state[p]
                 if not state:
-                    self._init_state(w, state)
+                    self._init_state(p, state)
                 state["step"] += 1
                 t = int(state["step"])
-                master = state.get("master", w)
+                master = local(state["master"]) if "master" in state else w
                 if not master.is_contiguous():
                     raise ValueError("parameters must be contiguous")
                 mask = self.mask_for(p, group, state, t) if group["sparse"] else None
@@ -74,7 +78,7 @@ class MaskedAdamBase(ExactStateLoad, torch.optim.Optimizer):
                 scalars = StepScalars.make(self.mode, t, group["lr"], b1, b2, group["eps"],
                                            group["weight_decay"], group.get("lam", 0.0),
                                            self.progress(group, t) if group["sparse"] else 0.0)
-                masked_adam_step(master, grad, state["exp_avg"], state["exp_avg_sq"], mask, scalars,
+                masked_adam_step(master, grad, local(state["exp_avg"]), local(state["exp_avg_sq"]), mask, scalars,
                                  backend=self.backend)
                 if master is not w:
                     w.copy_(master)
