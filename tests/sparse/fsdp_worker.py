@@ -1,12 +1,14 @@
 """Two CPU processes with gloo train under FSDP2 (fully_shard) with lowprec's optimizers: AdamS
 on a CAST model, ASTAdamW on an AST model, GaLoreAdamW (fp32 and MXFP8 moments) on a plain
-one; the result must equal one process on the same global batch.
+one, and torch's AdamW on models converted with every training preset and the sparse layer
+configs; the result must equal one process doing what the two ranks do.
 
 AdamS and ASTAdamW step each rank's local rows of the sharded weights (their update is
 elementwise and 2:4 groups run within a row); GaLore gathers the gradient for its projector
 and keeps the local rows of the update.  The one-process reference takes each half-batch's
-gradient separately and averages them, which is what FSDP2's reduce-scatter computes, so the
-comparison is bit for bit (masks, step counters and weights).
+gradient separately (each from the SR offset a rank starts from, as each rank quantizes its
+own half) and averages them, which is what FSDP2's reduce-scatter computes, so the comparison
+is bit for bit (masks, step counters, SR offsets and weights).
 
     python fsdp_worker.py OUT_DIR
 """
@@ -34,18 +36,28 @@ def model(config):
 
 def optimizer(name, m):
     if name.startswith("galore"):
-        from lowprec.galore import GaLoreAdamW
+        from lowprec.galore import GaLoreAdafactor, GaLoreAdamW
         ws = [m[0].weight, m[2].weight]
+        if name == "galore_adafactor":
+            return GaLoreAdafactor([{"params": ws, "rank": 8, "update_proj_gap": 2},
+                                    {"params": [m[0].bias, m[2].bias]}], lr=1e-2, beta1=0.9)
         fmt = "mxfp8" if name == "galore_mxfp8" else "fp32"
         return GaLoreAdamW([{"params": ws, "rank": 8, "update_proj_gap": 2, "state_format": fmt},
                             {"params": [m[0].bias, m[2].bias]}], lr=1e-2)
+    if name not in ("adams", "ast"):
+        return torch.optim.AdamW(m.parameters(), lr=1e-2)
     if name == "adams":
         return sparse.AdamS(sparse.cast_param_groups(m), lr=1e-2, lam=1e-3, total_steps=STEPS, mask_interval=2)
     return sparse.ASTAdamW.for_model(m, lr=1e-2, lam=1e-2, ramp_steps=2)
 
 
 CASES = {"adams": sparse.CASTConfig(), "ast": sparse.ASTConfig(mask_interval=2, slorb_k=0),
-         "galore": None, "galore_mxfp8": None}
+         "galore": None, "galore_mxfp8": None, "galore_adafactor": None,
+         # converted layers under FSDP2 with torch's AdamW: every training preset and the sparse layers
+         **{f"adamw_{r}": r for r in lowprec.recipes.TRAINING_PRESETS},
+         "adamw_srste": sparse.SRSTEConfig(mask_interval=2),
+         "adamw_ast_slorb": sparse.ASTConfig(mask_interval=2, slorb_k=8),
+         "adamw_sparse_nvfp4": sparse.SparseFP4Config(sparse.ASTConfig(mask_interval=2), "nvfp4")}
 
 
 def batches():
@@ -64,14 +76,22 @@ def train(m, opt, data, rows=slice(None)):
 def train_as_two_ranks(m, opt, data):
     """One process doing what the two FSDP2 ranks do together: each half-batch's gradient
     separately, then their average (what FSDP2's reduce-scatter computes: halving is exact)."""
+    offsets = {n: b for n, b in m.named_buffers() if n.endswith("sr_offset")}
     for x, y in data:
         halves = []
+        start = {n: b.clone() for n, b in offsets.items()}
         for r in range(WORLD):
             rows = slice(r * TOKENS_PER_RANK, (r + 1) * TOKENS_PER_RANK)
             opt.zero_grad()
             m.train(r == 0)       # each rank's AST layers count one forward per step: so does this process
+            if r == 1:            # and each rank draws its SR bits from the same offset
+                after = {n: b.clone() for n, b in offsets.items()}
+                for n, b in offsets.items():
+                    b.copy_(start[n])
             (m(x[rows]) - y[rows]).pow(2).mean().backward()
             halves.append([p.grad.clone() for p in m.parameters()])
+        for n, b in offsets.items():
+            b.copy_(after[n])
         m.train()
         for p, *gs in zip(m.parameters(), *halves):
             p.grad = sum(g / WORLD for g in gs)

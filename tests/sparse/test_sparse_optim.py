@@ -189,8 +189,8 @@ def test_checkpoint_resume_is_identical(config, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
-    """AdamS, ASTAdamW and GaLoreAdamW under FSDP2 (2 gloo processes) equal one process bit for
-    bit; they used to fail on DTensors ("nm_mask does not have a sharding strategy registered",
+    """AdamS, ASTAdamW, GaLoreAdamW and GaLoreAdafactor under FSDP2 (2 gloo processes), and
+    converted models under every preset and sparse config, equal one process bit for bit; they used to fail on DTensors ("nm_mask does not have a sharding strategy registered",
     "got mixed torch.Tensor and DTensor").  LayerwiseOptimizer refuses FSDP2 (its hook would
     never fire)."""
     import os
@@ -199,7 +199,9 @@ def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
     worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
     out = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    for name in ("adams", "ast", "galore", "galore_mxfp8"):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from fsdp_worker import CASES
+    for name in CASES:       # lowprec's optimizers, and AdamW on every preset and sparse layer config
         assert f"{name}: FSDP2 == single process (max |difference| 0.00e+00)" in out.stdout, out.stdout
     assert "layerwise refused under FSDP2" in out.stdout
 
