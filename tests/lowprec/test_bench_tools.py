@@ -99,3 +99,20 @@ def test_auto_backend_names_the_pick():
     assert ops.auto_backend("quantize", "cpu") == expected
     with pytest.raises(ops.BackendUnavailable, match="no backend implements"):
         ops.auto_backend("no_such_op", "cpu")
+
+
+@pytest.mark.slow
+def test_fsdp_benchmark_runs(tmp_path):
+    """benchmarks/bench_fsdp.py end to end at 2 ranks, 3 steps (so it cannot rot)."""
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fsdp.py"), "--ranks", "2", "--steps", "3"],
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ, LOWPREC_BENCH_DIR=str(tmp_path)))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "fsdp_cpu.json").read_text())["rows"]
+    assert {(r["optimizer"], r["mode"]) for r in rows} == {(o, m) for o in ("adamw", "adams", "galore")
+                                                         for m in ("ddp", "fsdp2")}
+    fsdp = {r["optimizer"]: r["state_MiB_per_rank"] for r in rows if r["mode"] == "fsdp2"}
+    ddp = {r["optimizer"]: r["state_MiB_per_rank"] for r in rows if r["mode"] == "ddp"}
+    assert fsdp["adamw"] < 0.6 * ddp["adamw"] and fsdp["adams"] < 0.6 * ddp["adams"]     # sharded
