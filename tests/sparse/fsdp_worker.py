@@ -73,19 +73,22 @@ def train(m, opt, data, rows=slice(None)):
         opt.step()
 
 
-def train_as_two_ranks(m, opt, data):
-    """One process doing what the two FSDP2 ranks do together: each half-batch's gradient
-    separately, then their average (what FSDP2's reduce-scatter computes: halving is exact)."""
+def train_as_two_ranks(m, opt, data, world=WORLD):
+    """One process doing what ``world`` FSDP2 ranks do together: each rank's slice of the batch
+    gives its gradient separately, then their average (what FSDP2's reduce-scatter computes;
+    for 2 and 4 ranks the division is exact)."""
     offsets = {n: b for n, b in m.named_buffers() if n.endswith("sr_offset")}
+    per_rank = TOKENS_PER_RANK * WORLD // world
     for x, y in data:
         halves = []
         start = {n: b.clone() for n, b in offsets.items()}
-        for r in range(WORLD):
-            rows = slice(r * TOKENS_PER_RANK, (r + 1) * TOKENS_PER_RANK)
+        for r in range(world):
+            rows = slice(r * per_rank, (r + 1) * per_rank)
             opt.zero_grad()
             m.train(r == 0)       # each rank's AST layers count one forward per step: so does this process
-            if r == 1:            # and each rank draws its SR bits from the same offset
-                after = {n: b.clone() for n, b in offsets.items()}
+            if r >= 1:            # and each rank draws its SR bits from the same offset
+                if r == 1:
+                    after = {n: b.clone() for n, b in offsets.items()}
                 for n, b in offsets.items():
                     b.copy_(start[n])
             (m(x[rows]) - y[rows]).pow(2).mean().backward()
@@ -94,7 +97,7 @@ def train_as_two_ranks(m, opt, data):
             b.copy_(after[n])
         m.train()
         for p, *gs in zip(m.parameters(), *halves):
-            p.grad = sum(g / WORLD for g in gs)
+            p.grad = sum(g / world for g in gs)
         opt.step()
 
 
