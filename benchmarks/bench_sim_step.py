@@ -5,49 +5,12 @@ Usage: python benchmarks/bench_sim_step.py [--steps 20] [--backend auto] [--prof
 """
 
 import argparse
-import statistics
-import time
-
-import torch
-import torch.nn.functional as F
 
 import lowprec
 from lowprec.bench.harness import print_table, write_results
 from lowprec.sim.data import ByteCorpus
-from lowprec.sim.model import TinyLM, TinyLMConfig, keep_head_high_precision
-
-
-class Trainer:
-    """One recipe's converted model, optimizer and batch stream; ``step()`` times one step."""
-
-    def __init__(self, recipe, corpus, cfg, batch):
-        torch.manual_seed(0)
-        self.model = lowprec.convert_model(TinyLM(cfg), recipe, module_filter_fn=keep_head_high_precision)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.g = torch.Generator().manual_seed(0)
-        self.corpus, self.cfg, self.batch = corpus, cfg, batch
-
-    def step(self) -> float:
-        x, y = self.corpus.batch("train", self.batch, self.cfg.seq_len, self.g)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        return time.perf_counter() - t0
-
-
-def step_times(recipes: dict, steps, corpus, cfg, batch) -> dict:
-    """Median step time per recipe. The recipes take their steps in turn (round robin), so a
-    slow spell of a shared machine lands on all of them rather than on whichever ran then."""
-    trainers = {name: Trainer(r, corpus, cfg, batch) for name, r in recipes.items()}
-    times = {name: [] for name in recipes}
-    for i in range(steps + 2):
-        for name, t in trainers.items():
-            dt = t.step()
-            if i >= 2:
-                times[name].append(dt)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+from lowprec.sim.model import TinyLMConfig
+from lowprec.sim.timing import step_times
 
 
 def main():

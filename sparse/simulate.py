@@ -127,7 +127,7 @@ def summarize(runs):
         rows.append({"method": method, "seeds": len(rs),
                      "val_loss": statistics.mean(r.val_loss for r in rs),
                      "gap_to_dense": statistics.mean(gaps) if gaps else None,
-                     "gap_std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+                     "gap_std": statistics.stdev(gaps) if len(gaps) > 1 else None,   # one seed: no spread
                      "flip_rate_vs_initial": statistics.mean(r.flip_rate_vs_initial for r in rs),
                      "fraction_exactly_24": statistics.mean(r.fraction_exactly_24 for r in rs),
                      "step_time_s": statistics.mean(r.step_time_s for r in rs)})
@@ -138,7 +138,8 @@ def print_table(rows):
     print(f"{'method':8s} {'seeds':>5s} {'val loss':>9s} {'gap to dense':>18s} {'flip vs init':>12s} "
           f"{'exactly 2:4':>11s} {'step ms':>8s}")
     for r in rows:
-        gap = "n/a" if r["gap_to_dense"] is None else f"{r['gap_to_dense']:+.4f} ± {r['gap_std']:.4f}"
+        gap = ("n/a" if r["gap_to_dense"] is None else f"{r['gap_to_dense']:+.4f}" +
+               (f" ± {r['gap_std']:.4f}" if r["gap_std"] is not None else ""))
         print(f"{r['method']:8s} {r['seeds']:5d} {r['val_loss']:9.4f} {gap:>18s} {r['flip_rate_vs_initial']:12.4f} "
               f"{r['fraction_exactly_24']:11.2f} {1e3 * r['step_time_s']:8.1f}")
 

@@ -7,9 +7,10 @@ import statistics
 from pathlib import Path
 
 
-def summarize(results, baseline: str = "bf16"):
+def summarize(results, baseline: str = "bf16", step_times: dict = None, tokens_per_step: int = None):
     """One row per recipe: mean/std over seeds of the final loss, val loss and the gap to the
-    baseline (paired by seed), and throughput."""
+    baseline (paired by seed; std None with one seed), and throughput: from ``step_times``
+    (median seconds per step of an interleaved timing pass) when given, else the runs' own."""
     by = {}
     for r in results:
         by.setdefault(r.recipe, []).append(r)
@@ -27,7 +28,12 @@ def summarize(results, baseline: str = "bf16"):
             "gap_std": _std(gaps) if gaps else None,
             "tokens_per_s": statistics.mean(r.tokens_per_s for r in runs),
             "step_time_s": statistics.mean(r.step_time_s for r in runs),
+            "step_time_source": "training loop (mean)",
         })
+        if step_times and name in step_times:
+            rows[-1]["step_time_s"] = step_times[name]
+            rows[-1]["tokens_per_s"] = tokens_per_step / step_times[name]
+            rows[-1]["step_time_source"] = "interleaved timing pass (median)"
     if baseline in by:
         t0 = next(r["step_time_s"] for r in rows if r["recipe"] == baseline)
         for r in rows:
@@ -36,7 +42,13 @@ def summarize(results, baseline: str = "bf16"):
 
 
 def _std(v):
-    return statistics.stdev(v) if len(v) > 1 else 0.0
+    """Sample standard deviation; None for a single value (no spread was measured)."""
+    return statistics.stdev(v) if len(v) > 1 else None
+
+
+def _pm(mean, std, fmt="8.4f"):
+    """'mean ± std', or 'mean' alone with one seed (printing ± 0.0000 would claim a spread)."""
+    return f"{mean:{fmt}} ± {std:.4f}" if std is not None else f"{mean:{fmt}}        "
 
 
 def print_summary(rows, baseline: str = "bf16"):
@@ -44,10 +56,14 @@ def print_summary(rows, baseline: str = "bf16"):
           f"{'tokens/s':>9s} {'step x' + baseline:>9s}")
     for r in rows:
         gap = r["gap_to_" + baseline]
-        gap_s = f"{gap:+.4f} ± {r['gap_std']:.4f}" if gap is not None else "n/a"
-        print(f"{r['recipe']:10s} {r['seeds']:5d} {r['final_loss']:8.4f} ± {r['final_loss_std']:.4f} "
-              f"{r['val_loss']:8.4f} ± {r['val_loss_std']:.4f} {gap_s:>18s} {r['tokens_per_s']:9.0f} "
+        gap_s = _pm(gap, r["gap_std"], "+.4f") if gap is not None else "n/a"
+        print(f"{r['recipe']:10s} {r['seeds']:5d} {_pm(r['final_loss'], r['final_loss_std'])} "
+              f"{_pm(r['val_loss'], r['val_loss_std'])} {gap_s:>18s} {r['tokens_per_s']:9.0f} "
               f"{r.get('step_time_over_' + baseline, float('nan')):9.2f}")
+    if rows and all(r["seeds"] == 1 for r in rows):
+        print("(one seed: no spread is shown; --seeds 0 1 2 measures it)")
+    if rows and rows[0].get("step_time_source"):
+        print(f"speed columns: {rows[0]['step_time_source']}")
 
 
 def write_json(path: Path, rows, results, config: dict, extra=None):

@@ -10,6 +10,7 @@ from ..recipe import get
 from .data import ByteCorpus
 from .model import TinyLMConfig
 from .report import plot_losses, print_summary, summarize, write_json
+from .timing import step_times
 from .train import TrainConfig, train_once
 
 DEFAULT_RECIPES = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
@@ -29,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--estimator", default=None, help="override every recipe's gradient estimator")
     p.add_argument("--out", default="lowprec_runs/simulate", help="folder for JSON and PNG")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--timing-steps", type=int, default=20,
+                   help="timed steps per recipe, interleaved across recipes, for the speed columns")
 
 
 def run(args) -> dict:
@@ -49,7 +52,10 @@ def run(args) -> dict:
                 bar.set_description(f"{recipe.name} seed {seed}")
                 results.append(train_once(recipe, seed, cfg, corpus, progress=bar))
     baseline = "bf16" if "bf16" in args.recipes else recipes[0].name
-    rows = summarize(results, baseline)
+    # the speed columns: a separate interleaved timing pass (lowprec.sim.timing), not the
+    # training loop's own clock, which a busy moment of the machine skews for one recipe
+    timed = step_times({r.name: r for r in recipes}, args.timing_steps, corpus, model, cfg.batch_size)
+    rows = summarize(results, baseline, step_times=timed, tokens_per_step=cfg.batch_size * model.seq_len)
     print(f"\ncorpus: {len(corpus.train)} train / {len(corpus.val)} val bytes of Python stdlib docstrings; "
           f"model {model}; {cfg.steps} steps x {cfg.batch_size} x {model.seq_len} tokens; "
           f"{time.time() - t0:.0f} s total")

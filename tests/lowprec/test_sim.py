@@ -35,6 +35,25 @@ def test_simulate_tiny_all_presets(tmp_path, capsys):
         assert abs(rows[name]["gap_to_bf16"]) < 0.1, rows[name]
     assert rows["bf16"]["val_loss"] < 4.5                # it learned something from 5.55 (= ln 256)
     assert "gap to bf16" in printed and "nvfp4" in printed
+    # one seed: no spread is claimed (it used to print "± 0.0000"), and the speed columns come
+    # from the interleaved timing pass, not from the training loop's clock
+    assert "±" not in printed and "one seed" in printed
+    assert all(r["val_loss_std"] is None and r["gap_std"] is None for r in rows.values())
+    assert all(r["step_time_source"] == "interleaved timing pass (median)" for r in rows.values())
+
+
+def test_summary_shows_the_spread_of_several_seeds(capsys):
+    from lowprec.sim.report import print_summary, summarize
+    from lowprec.sim.train import RunResult
+    runs = [RunResult(recipe=rec, seed=s, losses=[1.0], final_loss=1.0 + d + s / 10, val_loss=2.0 + d + s / 10,
+                      tokens_per_s=1000.0, step_time_s=0.01, skipped_layers={})
+            for rec, d in (("bf16", 0.0), ("nvfp4", 0.05)) for s in (0, 1, 2)]
+    rows = summarize(runs, "bf16", step_times={"bf16": 0.02, "nvfp4": 0.03}, tokens_per_step=100)
+    nv = next(r for r in rows if r["recipe"] == "nvfp4")
+    assert abs(nv["gap_to_bf16"] - 0.05) < 1e-12 and nv["gap_std"] < 1e-12 and nv["val_loss_std"] > 0.09
+    assert nv["step_time_over_bf16"] == 1.5 and nv["tokens_per_s"] == 100 / 0.03
+    print_summary(rows, "bf16")
+    assert "± 0.1000" in capsys.readouterr().out
 
 
 def test_diagnose_builtin_ranks_every_linear(tmp_path):
