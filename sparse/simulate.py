@@ -152,17 +152,38 @@ def plot(path: Path, runs, title: str) -> bool:
     except ImportError:
         return False
     from lowprec.sim.report import _moving_average
-    fig, ax = plt.subplots(figsize=(8, 5))
+    # AST and CAST train on a distillation objective (CE mixed with a KL to the teacher): its
+    # values are not cross-entropies, so they get their own axis; validation cross-entropy,
+    # the one number every method shares, gets the third panel.
+    distilled = {"ast", "cast"}
+    fig, (ax_ce, ax_kd, ax_val) = plt.subplots(1, 3, figsize=(16, 5))
     colors = {}
     for r in runs:
         c = colors.setdefault(r.method, f"C{len(colors)}")
         y = _moving_average(r.losses, 10)
+        ax = ax_kd if r.method in distilled else ax_ce
         ax.plot(range(len(y)), y, color=c, alpha=0.8, label=r.method if r.seed == runs[0].seed else None)
-    ax.set_xlabel("step of the sparse phase")
-    ax.set_ylabel("training loss (AST/CAST: distillation loss), moving average of 10")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_ce.set_ylabel("training cross-entropy, moving average of 10")
+    ax_ce.set_title("methods trained on cross-entropy", fontsize=10)
+    ax_kd.set_ylabel("training distillation loss, moving average of 10")
+    ax_kd.set_title("own objectives: AST α CE + (1-α) T² KL, CAST η KL + (1-η) CE", fontsize=9)
+    ax_val.set_title("the comparable number", fontsize=10)
+    for ax in (ax_ce, ax_kd):
+        ax.set_xlabel("step of the sparse phase")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    methods = list(dict.fromkeys(r.method for r in runs))
+    vals = [[r.val_loss for r in runs if r.method == m] for m in methods]
+    means = [sum(v) / len(v) for v in vals]
+    ax_val.bar(methods, means, color=[colors[m] for m in methods], alpha=0.8)
+    for i, v in enumerate(vals):
+        ax_val.scatter([i] * len(v), v, color="k", s=12, zorder=3)      # each seed
+    lo = min(min(v) for v in vals)
+    ax_val.set_ylim(lo - 0.05 * abs(lo), max(max(v) for v in vals) + 0.02 * abs(lo))
+    ax_val.set_ylabel("validation cross-entropy (dots: seeds)")
+    ax_val.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
