@@ -27,6 +27,9 @@ def to_jsonable(config):
             v = getattr(config, f.name)
             if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()):
                 fields[f.name] = {"tensors_from_state": "input_norm"}
+            elif isinstance(v, dict) and any(isinstance(t, Recipe) for t in v.values()):
+                fields[f.name] = {"recipes_by_key": {k: (to_jsonable(t) if t is not None else None)
+                                                     for k, t in v.items()}}
             elif isinstance(v, Recipe) or dataclasses.is_dataclass(v):
                 fields[f.name] = to_jsonable(v)
             else:
@@ -44,7 +47,9 @@ def from_jsonable(d, state: dict = None):
     cls = getattr(importlib.import_module(module), name)
     fields = {}
     for k, v in d["fields"].items():
-        if isinstance(v, dict) and "tensors_from_state" in v:
+        if isinstance(v, dict) and "recipes_by_key" in v:
+            fields[k] = {key: (from_jsonable(t) if t is not None else None) for key, t in v["recipes_by_key"].items()}
+        elif isinstance(v, dict) and "tensors_from_state" in v:
             suffix = "." + v["tensors_from_state"]
             fields[k] = {key[:-len(suffix)]: t for key, t in (state or {}).items() if key.endswith(suffix)}
         elif isinstance(v, dict) and ("recipe" in v or "class" in v):

@@ -44,7 +44,9 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
                   *, seed: int = 0, return_report: bool = False):
     """Swap every layer ``config`` can convert (in place) and return the model.
 
-    ``config``: a Recipe, a recipe name ("nvfp4", ...), or any converter config.
+    ``config``: a Recipe, a recipe name ("nvfp4", ...), a dict {layer-name pattern: recipe or
+    None} (lowprec.recipe_map.RecipeMap: the first matching pattern decides), or any converter
+    config.
     ``module_filter_fn(module, fully_qualified_name)`` returning False keeps a layer as is.
     Layers whose shapes cannot be blocked are skipped, logged, and listed in the report
     (``return_report=True`` returns ``(model, report)``).
@@ -53,6 +55,9 @@ def convert_model(model: nn.Module, config, module_filter_fn: Optional[Callable[
         raise TypeError(f"convert_model takes an nn.Module, got {type(model).__name__}")
     if isinstance(config, str):
         config = get(config)
+    if isinstance(config, dict):
+        from .recipe_map import RecipeMap
+        config = RecipeMap(config)
     if inspect.isclass(config):
         raise TypeError(f"convert_model takes a config instance, got the class {config.__name__}: "
                         f"pass {config.__name__}()")

@@ -78,3 +78,20 @@ def test_quant_layers_are_instances_of_what_they_replace():
     assert isinstance(m[0], torch.nn.Linear) and isinstance(m[0], lowprec.QuantLinear)
     assert isinstance(m[1], Conv1D) and not isinstance(m[1], torch.nn.Linear)
     assert m[1].weight.shape == (64, 32) and m[1].nf == 32 and m[1].nx == 64
+
+
+def test_per_layer_recipe_map():
+    """convert_model takes {layer-name pattern: recipe or None}; the first match decides."""
+    from lowprec.config_io import from_jsonable, to_jsonable
+    from lowprec.recipe_map import RecipeMap
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    m, report = lowprec.convert_model(m, {"0": None, "1": "mxfp8", "*": "nvfp4"}, return_report=True)
+    assert type(m[0]) is torch.nn.Linear and m[1].recipe.name == "mxfp8" and m[2].recipe.name == "nvfp4"
+    assert report.converted == ["1", "2"] and "high precision" in report.skipped["0"]
+    rm = RecipeMap({"0": None, "1": "mxfp8", "*": "nvfp4"})
+    assert from_jsonable(__import__("json").loads(__import__("json").dumps(to_jsonable(rm)))) == rm
+    unmatched = lowprec.convert_model(torch.nn.Sequential(torch.nn.Linear(64, 64)), {"x*": "nvfp4"},
+                                      return_report=True)[1]
+    assert "no RecipeMap pattern" in unmatched.skipped["0"]
+    with pytest.raises(ValueError, match="unknown recipe"):
+        lowprec.convert_model(torch.nn.Sequential(torch.nn.Linear(64, 64)), {"*": "nvfp5"})

@@ -39,7 +39,8 @@ def _train(model, steps=2):
 
 
 CONFIGS = {"nvfp4": "nvfp4", "ue5m3": "ue5m3", "ast_slorb": sparse.ASTConfig(slorb_k=8, mask_interval=1),
-           "cast": sparse.CASTConfig(), "sparse_nvfp4": sparse.SparseFP4Config(sparse.SRSTEConfig(), "nvfp4")}
+           "cast": sparse.CASTConfig(), "sparse_nvfp4": sparse.SparseFP4Config(sparse.SRSTEConfig(), "nvfp4"),
+           "recipe_map": {"*.mlp.*": "nvfp4", "*.self_attn.o_proj": None, "*": "mxfp8"}}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
