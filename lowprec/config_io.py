@@ -28,8 +28,10 @@ def to_jsonable(config):
             if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()):
                 fields[f.name] = {"tensors_from_state": "input_norm"}
             elif isinstance(v, dict) and any(isinstance(t, Recipe) for t in v.values()):
-                fields[f.name] = {"recipes_by_key": {k: (to_jsonable(t) if t is not None else None)
-                                                     for k, t in v.items()}}
+                # a list of pairs: the order matters (first match wins) and transformers writes
+                # config.json with sorted keys
+                fields[f.name] = {"ordered_recipes": [[k, to_jsonable(t) if t is not None else None]
+                                                      for k, t in v.items()]}
             elif isinstance(v, Recipe) or dataclasses.is_dataclass(v):
                 fields[f.name] = to_jsonable(v)
             else:
@@ -47,8 +49,8 @@ def from_jsonable(d, state: dict = None):
     cls = getattr(importlib.import_module(module), name)
     fields = {}
     for k, v in d["fields"].items():
-        if isinstance(v, dict) and "recipes_by_key" in v:
-            fields[k] = {key: (from_jsonable(t) if t is not None else None) for key, t in v["recipes_by_key"].items()}
+        if isinstance(v, dict) and "ordered_recipes" in v:
+            fields[k] = {key: (from_jsonable(t) if t is not None else None) for key, t in v["ordered_recipes"]}
         elif isinstance(v, dict) and "tensors_from_state" in v:
             suffix = "." + v["tensors_from_state"]
             fields[k] = {key[:-len(suffix)]: t for key, t in (state or {}).items() if key.endswith(suffix)}
