@@ -1,7 +1,8 @@
 """Two CPU processes with gloo train under FSDP2 (fully_shard) with lowprec's optimizers: AdamS
 on a CAST model, ASTAdamW on an AST model, GaLoreAdamW (fp32 and MXFP8 moments) on a plain
 one, and torch's AdamW on models converted with every training preset and the sparse layer
-configs; the result must equal one process doing what the two ranks do.
+configs; the result must equal the same run under DDP and one process doing what the two
+ranks do.
 
 AdamS and ASTAdamW step each rank's local rows of the sharded weights (their update is
 elementwise and 2:4 groups run within a row); GaLore gathers the gradient for its projector
@@ -124,6 +125,10 @@ def worker(rank, out_dir):
         state = full_state(m)
         if rank == 0:
             torch.save(state, os.path.join(out_dir, f"fsdp_{name}.pt"))
+        ddp = nn.parallel.DistributedDataParallel(model(config))     # the same run under DDP
+        train(ddp, optimizer(name, ddp.module), batches(), rows)
+        if rank == 0:
+            torch.save(ddp.module.state_dict(), os.path.join(out_dir, f"ddp_{name}.pt"))
     from lowprec.galore import LayerwiseOptimizer
     m = model(None)
     fully_shard(m)
@@ -144,6 +149,9 @@ def main(out_dir):
         opt = optimizer(name, m)
         train_as_two_ranks(m, opt, batches())
         got = torch.load(os.path.join(out_dir, f"fsdp_{name}.pt"))
+        ddp = torch.load(os.path.join(out_dir, f"ddp_{name}.pt"))
+        for k, v in ddp.items():
+            assert torch.equal(v, got[k]), (name, "FSDP2 vs DDP", k)
         for k, v in m.state_dict().items():
             if v.dtype == torch.bool or not v.is_floating_point():
                 assert torch.equal(v, got[k]), (name, k)
@@ -151,7 +159,7 @@ def main(out_dir):
                 d = (v - got[k]).abs().max().item()
                 worst = max(worst, d)
                 assert d == 0.0, (name, k, d)
-        print(f"{name}: FSDP2 == single process (max |difference| {worst:.2e})", flush=True)
+        print(f"{name}: FSDP2 == DDP == single process (max |difference| {worst:.2e})", flush=True)
 
 
 if __name__ == "__main__":

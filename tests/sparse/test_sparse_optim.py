@@ -202,7 +202,7 @@ def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     from fsdp_worker import CASES
     for name in CASES:       # lowprec's optimizers, and AdamW on every preset and sparse layer config
-        assert f"{name}: FSDP2 == single process (max |difference| 0.00e+00)" in out.stdout, out.stdout
+        assert f"{name}: FSDP2 == DDP == single process (max |difference| 0.00e+00)" in out.stdout, out.stdout
     assert "layerwise refused under FSDP2" in out.stdout
 
 
