@@ -101,7 +101,19 @@ def load_user_model(spec: str):
 
 
 def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
+    """Per-layer SQNR of ``recipe`` on the activations and gradients of one batch through
+    ``model``.  An already converted model is diagnosed in its unconverted form (a reverted
+    copy: the same parameters, the plain function), with a warning: its quantized layers are
+    not plain linear layers, and measuring them would have given an empty table."""
     recipe = get(recipe)
+    from .convert import converted_modules, revert_model
+    done = converted_modules(model)
+    if done:
+        import copy
+        import warnings
+        warnings.warn(f"diagnose: the model is already converted ({len(done)} lowprec layers, e.g. {done[0]!r}); "
+                      "diagnosing its unconverted form (revert_model on a copy)", stacklevel=2)
+        model = revert_model(copy.deepcopy(model))
     records = capture(model, inputs, loss_fn)
     rows = []
     for name, (x, w, dy) in records.items():

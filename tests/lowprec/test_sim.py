@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import lowprec
 from lowprec import cli
 from lowprec.diagnose import diagnose, load_user_model, sqnr_db
 from lowprec.sim.corpus import byte_tokens, stdlib_docstrings
@@ -101,3 +102,16 @@ def test_sqnr():
     x = torch.ones(10)
     assert sqnr_db(x, x) == float("inf")
     assert sqnr_db(x, x * 1.1) == pytest.approx(20.0)
+
+
+def test_diagnose_a_converted_model_warns_and_diagnoses_its_plain_form():
+    """A converted model used to give an empty table (its layers are not plain nn.Linear)."""
+    from lowprec.diagnose import builtin_model, diagnose
+    model, inputs, loss_fn = builtin_model(8, 0)
+    plain_rows = diagnose(model, inputs, loss_fn, "nvfp4")
+    converted = lowprec.convert_model(model, "mxfp4")
+    with pytest.warns(UserWarning, match="already converted"):
+        rows = diagnose(converted, inputs, loss_fn, "nvfp4")
+    assert len(rows) == len(plain_rows) == 9
+    assert [r["worst_gemm_sqnr"] for r in rows] == [r["worst_gemm_sqnr"] for r in plain_rows]
+    assert lowprec.convert.converted_modules(converted)          # the user's model is left converted
