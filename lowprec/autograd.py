@@ -242,7 +242,8 @@ def _unaliased(outputs, inputs):
             t = t.new_empty(0)
         elif t.untyped_storage().data_ptr() in seen:
             t = t.clone()
-        seen.add(t.untyped_storage().data_ptr()) if t.numel() else None
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
         out.append(t)
     return tuple(out)
 

@@ -41,11 +41,8 @@ def record_conversion(model, config, seed: int, converted: Iterable[str]) -> Non
         described = to_jsonable(config)
     except TypeError as e:
         described = {"unrecordable": str(e)}
-    previous = getattr(hf_config, KEY, None)
-    names = list(converted)
-    if isinstance(previous, dict) and previous.get("config") == described and previous.get("seed") == seed:
-        names = sorted(set(previous.get("converted", [])) | set(names))
-    setattr(hf_config, KEY, {"version": FORMAT_VERSION, "config": described, "seed": int(seed), "converted": names})
+    setattr(hf_config, KEY, {"version": FORMAT_VERSION, "config": described, "seed": int(seed),
+                             "converted": list(converted)})
 
 
 def read_state(path: str) -> dict:

@@ -36,6 +36,18 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
+def linear_subclass_reason(module: nn.Module):
+    """Why an nn.Linear subclass is not replaced (None for anything else): a converter would
+    swap in a module whose forward is not the subclass's."""
+    if not isinstance(module, nn.Linear) or type(module) is nn.Linear:
+        return None
+    if type(module).__name__ == "NonDynamicallyQuantizableLinear":
+        return ("nn.MultiheadAttention's out_proj: the attention calls its weight functionally, "
+                "so a replacement module would never run")
+    return (f"{type(module).__name__} subclasses nn.Linear with its own forward; "
+            "convert it explicitly if its GEMM is a plain x W^T + b")
+
+
 class _QuantGEMM(SRStateMixin):
     """What QuantLinear and QuantConv1D share: conversion, revert and the quantized forward.
     ``weight_layout`` is "out_in" (nn.Linear) or "in_out" (Conv1D)."""
@@ -70,12 +82,9 @@ class _QuantGEMM(SRStateMixin):
     def from_module(cls, module: nn.Module, recipe: Recipe, name: str = "", seed: int = 0):
         """Wrap ``module`` (nn.Linear or Conv1D) reusing its parameters, or return a reason
         string when its shape cannot be blocked under ``recipe``."""
-        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
-            if type(module).__name__ == "NonDynamicallyQuantizableLinear":
-                return ("nn.MultiheadAttention's out_proj: the attention calls its weight functionally, "
-                        "so a replacement module would never run")
-            return (f"{type(module).__name__} subclasses nn.Linear with its own forward; "
-                    "convert it explicitly if its GEMM is a plain x W^T + b")
+        why = linear_subclass_reason(module)
+        if why:
+            return why
         if type(module) is nn.Linear:
             in_f, out_f, layout = module.in_features, module.out_features, "out_in"
         elif _is_conv1d(module):

@@ -98,9 +98,6 @@ class ReplayStack:
     def pending(self) -> List[Record]:
         return self._live()
 
-    def clear(self) -> None:
-        self._entries.clear()
-
 
 class _Keep:
     """A no-op node hook whose only job is to own a record for the node's lifetime."""

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
+from lowprec.nn import linear_subclass_reason
 from lowprec.recipe import Recipe, get as get_recipe
 
 from .nn import CASTLinear, SparseLinear
@@ -27,15 +28,10 @@ def _linear_like(module: nn.Module) -> bool:
 
 def _unsupported(module: nn.Module) -> Optional[str]:
     """Why a linear-like layer is not converted (None for a plain nn.Linear)."""
-    if type(module) is nn.Linear:
-        return None
     if type(module).__name__ == "Conv1D":
         return ("transformers Conv1D (GPT-2) stores W as [in, out] and the 2:4 groups run along in_features "
                 "of an [out, in] weight; not converted")
-    if type(module).__name__ == "NonDynamicallyQuantizableLinear":
-        return ("nn.MultiheadAttention's out_proj: the attention calls its weight functionally, so a "
-                "replacement module would never run")
-    return f"{type(module).__name__} subclasses nn.Linear with its own forward; not converted"
+    return linear_subclass_reason(module)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..sharding import is_dtensor
+
 
 class LayerwiseOptimizer:
     """Wraps a GaLore optimizer (anything with ``step_param(p, group)``) into hooks."""
@@ -28,7 +30,7 @@ class LayerwiseOptimizer:
         self._handles = []
         model_params = {id(p) for p in model.parameters()}
         for p in self._group_of:
-            if type(p).__name__ == "DTensor":
+            if is_dtensor(p):
                 raise NotImplementedError(
                     "layer-wise updates under FSDP2: the sharded gradient is assigned after FSDP2's "
                     "reduce-scatter, not accumulated, so the hook would never fire; use optimizer.step()")
