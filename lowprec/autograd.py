@@ -324,5 +324,10 @@ def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     with torch.autocast(dev, enabled=False):
         y = QuantLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, rng, plan, layer_seed)
-    y = y.reshape(*lead, weight.shape[0])
+    if len(lead) != 1:
+        # A fresh tensor, not a view (``reshape`` would return one, and even a 2-D reshape to the
+        # same shape is a view): FSDP2 hooks a module's output for backward, and an in-place op
+        # on a view output (``y += residual``) drops that hook, silently skipping a gradient
+        # reduction.  y is the GEMM's contiguous output, so the unsafe view aliases nothing else.
+        y = torch.ops.aten._unsafe_view(y.contiguous(), (*lead, weight.shape[0]))
     return y if out_dtype is None else y.to(out_dtype)

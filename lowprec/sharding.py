@@ -33,10 +33,52 @@ def local_rows(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """The rows of a replicated tensor shaped like ``p`` that ``p``'s local shard holds."""
     if not is_dtensor(p):
         return full
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     row_shard_only(p)
-    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return _local_chunk(full, p)
+
+
+def _local_chunk(full: torch.Tensor, p) -> torch.Tensor:
+    """The block of ``full``'s rows this rank holds when ``full`` (any shape, dim >= 1) is laid
+    out with ``p``'s mesh and placements (FSDP2's chunking of dim 0)."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(full.shape, p.device_mesh, p.placements)
     return full.narrow(0, offset[0], shape[0]) if len(shape) else full
+
+
+# Optimizer state stored sharded: every tensor of at least this many elements (and dim >= 1) is
+# kept as a DTensor laid out like its parameter; smaller ones (counters, shapes) stay replicated.
+SHARD_MIN_NUMEL = 64
+
+
+def shard_state(obj, p):
+    """Replicated optimizer state (a tensor, or dicts / lists of them) -> the same structure
+    with each tensor of ``SHARD_MIN_NUMEL`` or more elements replaced by a DTensor whose local
+    shard is this rank's block of its rows, laid out with ``p``'s mesh and placements.  Every
+    rank must call it with the same values (it cuts, it does not communicate).  The cut is
+    storage only: ``gather_state`` restores the replicated values bit for bit."""
+    if torch.is_tensor(obj):
+        if is_dtensor(obj) or obj.dim() == 0 or obj.numel() < SHARD_MIN_NUMEL:
+            return obj
+        from torch.distributed.tensor import DTensor
+        return DTensor.from_local(_local_chunk(obj, p).clone(), p.device_mesh, p.placements, run_check=False,
+                                  shape=obj.shape, stride=obj.stride())
+    if isinstance(obj, dict):
+        return {k: shard_state(v, p) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(shard_state(v, p) for v in obj)
+    return obj
+
+
+def gather_state(obj):
+    """The inverse of ``shard_state``: every DTensor in the structure all-gathered to a plain
+    replicated tensor (a collective: every rank calls it on the same structure)."""
+    if is_dtensor(obj):
+        return obj.full_tensor()
+    if isinstance(obj, dict):
+        return {k: gather_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather_state(v) for v in obj)
+    return obj
 
 
 def shard_like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from . import state as lowbit
 from .fused import galore_project_q, galore_update_, galore_update_q_
 from .projector import GaLoreProjector, ProjectorConfig
 from ..optim_state import ExactStateLoad
-from ..sharding import is_dtensor, local, local_rows, row_shard_only
+from ..sharding import gather_state, is_dtensor, local, local_rows, row_shard_only, shard_state
 
 MOMENT_POLICIES = ("keep", "reproject", "reset")
 PROJ_KEYS = ("rank", "update_proj_gap", "scale", "proj_type", "refresh", "oversample", "power_iters",
@@ -182,23 +182,30 @@ class _GaLoreBase(ExactStateLoad, torch.optim.Optimizer):
         return loss
 
     def _step_sharded(self, p, group) -> None:
-        """An FSDP2-sharded parameter: the projector needs the whole gradient matrix, so the
-        gradient and the weight are all-gathered, every rank runs the unsharded step on the
-        same inputs with the same seeds and state (hence the same result), and keeps its own
-        rows.  Exact, but the optimizer state is replicated on every rank, not sharded."""
+        """An FSDP2-sharded parameter (rows of W on each rank).  The projector needs the whole
+        gradient matrix, so G is all-gathered; the state (projector, projected moments, fp32
+        master, Adafactor factors) is stored sharded by rows (``sharding.shard_state``) and
+        all-gathered for the step.  Every rank then runs the unsharded step on the same inputs
+        with the same seeds, hence the same result, and keeps its own rows of W and of the new
+        state.  W itself is not gathered: the step reads W only elementwise (decay, update), so
+        the other ranks' rows are left zero and discarded.  Persistent state per rank is
+        1/world of the replicated state; the transient peak is one parameter's full G and state."""
         row_shard_only(p)
-        full = p.full_tensor().detach().clone()
+        full = torch.zeros(p.shape, dtype=p.dtype, device=local(p).device)
+        local_rows(full, p).copy_(local(p).detach())
         full.grad = p.grad.full_tensor()
-        tables = (self.state, self._index, self._projectors)
-        for table in tables:
+        if p in self.state:
+            self.state[full] = gather_state(self.state.pop(p))
+        for table in (self._index, self._projectors):
             if p in table:
                 table[full] = table.pop(p)
         try:
             self.step_param(full, group)
         finally:
-            for table in tables:
-                if full in table:
-                    table[p] = table.pop(full)
+            self._projectors.pop(full, None)         # rebuilt from the state: no full-size copy stays
+            self._index[p] = self._index.pop(full)
+            if full in self.state:
+                self.state[p] = shard_state(self.state.pop(full), p)
         local(p).copy_(local_rows(full, p))
 
     def step_param(self, p: torch.Tensor, group: dict) -> None:
@@ -224,13 +231,15 @@ class _GaLoreBase(ExactStateLoad, torch.optim.Optimizer):
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held by an optimizer's state tensors (nested dicts included: moments,
-    projectors, quantized codes and scales, master copies), for any torch optimizer."""
+    """Bytes this process holds in an optimizer's state tensors (nested dicts included:
+    moments, projectors, quantized codes and scales, master copies), for any torch optimizer;
+    a DTensor counts its local shard."""
     return _tensor_bytes(dict(optimizer.state))
 
 
 def _tensor_bytes(obj) -> int:
     if torch.is_tensor(obj):
+        obj = local(obj)            # a sharded (DTensor) state entry counts this rank's shard
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
         return sum(_tensor_bytes(v) for v in obj.values())

@@ -97,3 +97,29 @@ def test_per_layer_recipe_map():
     assert "no RecipeMap pattern" in unmatched.skipped["0"]
     with pytest.raises(ValueError, match="unknown recipe"):
         lowprec.convert_model(torch.nn.Sequential(torch.nn.Linear(64, 64)), {"*": "nvfp5"})
+
+
+@pytest.mark.parametrize("config", ["nvfp4", "mxfp4", "bf16", "srste", "ast_slorb", "cast", "sparse_nvfp4", "conv1d"])
+def test_converted_layer_outputs_are_not_views(config):
+    """A converted layer's output is a view only where nn.Linear's is (2-D inputs: never; 3-D:
+    F.linear itself returns a view, QuantLinear does not).  FSDP2 hooks a module's output for its backward all-gather; an in-place op on
+    a view output (``y += residual``) drops that hook and silently skips it.  QuantLinear used
+    to return ``y.reshape(...)``, a view even when the shape did not change."""
+    from lowprec import sparse
+    torch.manual_seed(0)
+    if config == "conv1d":
+        from transformers.pytorch_utils import Conv1D
+        model, recipe = nn.Sequential(Conv1D(32, 32)), "nvfp4"
+    else:
+        model = nn.Sequential(nn.Linear(32, 32))
+        recipe = {"srste": sparse.SRSTEConfig(), "ast_slorb": sparse.ASTConfig(slorb_k=4), "cast": sparse.CASTConfig(),
+                  "sparse_nvfp4": sparse.SparseFP4Config(sparse.ASTConfig(), "nvfp4")}.get(config, config)
+    layer = lowprec.convert_model(model, recipe)[0]
+    assert type(layer).__module__.startswith("lowprec"), type(layer)
+    for shape in ((8, 32), (2, 4, 32)):
+        x = torch.randn(*shape)
+        y = layer(x)
+        assert not y._is_view() or nn.Linear(32, 32)(x)._is_view(), (config, shape)
+        if config in ("nvfp4", "mxfp4", "bf16", "conv1d"):
+            assert not y._is_view(), (config, shape)
+        assert y.shape == (*shape[:-1], 32)

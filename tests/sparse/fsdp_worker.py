@@ -6,7 +6,8 @@ ranks do.
 
 AdamS and ASTAdamW step each rank's local rows of the sharded weights (their update is
 elementwise and 2:4 groups run within a row); GaLore gathers the gradient for its projector
-and keeps the local rows of the update.  The one-process reference takes each half-batch's
+and keeps the local rows of the update, and stores its state sharded by rows (each rank holds
+at most 1/WORLD of the bytes DDP holds, plus scalars).  The one-process reference takes each half-batch's
 gradient separately (each from the SR offset a rank starts from, as each rank quantizes its
 own half) and averages them, which is what FSDP2's reduce-scatter computes, so the comparison
 is bit for bit (masks, step counters, SR offsets and weights).
@@ -43,7 +44,10 @@ def optimizer(name, m):
             return GaLoreAdafactor([{"params": ws, "rank": 8, "update_proj_gap": 2},
                                     {"params": [m[0].bias, m[2].bias]}], lr=1e-2, beta1=0.9)
         fmt = "mxfp8" if name == "galore_mxfp8" else "fp32"
-        return GaLoreAdamW([{"params": ws, "rank": 8, "update_proj_gap": 2, "state_format": fmt},
+        extra = {}
+        if name == "galore_options":     # microscaled projector, randomized refresh, reprojected moments, both sides
+            extra = dict(proj_format="mxfp8", refresh="randomized", moment_policy="reproject", proj_type="full")
+        return GaLoreAdamW([{"params": ws, "rank": 8, "update_proj_gap": 2, "state_format": fmt, **extra},
                             {"params": [m[0].bias, m[2].bias]}], lr=1e-2)
     if name not in ("adams", "ast"):
         return torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -53,7 +57,7 @@ def optimizer(name, m):
 
 
 CASES = {"adams": sparse.CASTConfig(), "ast": sparse.ASTConfig(mask_interval=2, slorb_k=0),
-         "galore": None, "galore_mxfp8": None, "galore_adafactor": None,
+         "galore": None, "galore_mxfp8": None, "galore_adafactor": None, "galore_options": None,
          # converted layers under FSDP2 with torch's AdamW: every training preset and the sparse layers
          **{f"adamw_{r}": r for r in lowprec.recipes.TRAINING_PRESETS},
          "adamw_srste": sparse.SRSTEConfig(mask_interval=2),
@@ -126,9 +130,14 @@ def worker(rank, out_dir):
         if rank == 0:
             torch.save(state, os.path.join(out_dir, f"fsdp_{name}.pt"))
         ddp = nn.parallel.DistributedDataParallel(model(config))     # the same run under DDP
-        train(ddp, optimizer(name, ddp.module), batches(), rows)
+        ddp_opt = optimizer(name, ddp.module)
+        train(ddp, ddp_opt, batches(), rows)
         if rank == 0:
             torch.save(ddp.module.state_dict(), os.path.join(out_dir, f"ddp_{name}.pt"))
+        if name.startswith("galore"):        # the state is stored sharded: 1/WORLD of it per rank
+            from lowprec.galore import optimizer_state_bytes
+            torch.save({"fsdp": optimizer_state_bytes(opt), "ddp": optimizer_state_bytes(ddp_opt)},
+                       os.path.join(out_dir, f"bytes_{name}_{rank}.pt"))
     from lowprec.galore import LayerwiseOptimizer
     m = model(None)
     fully_shard(m)
@@ -160,6 +169,14 @@ def main(out_dir):
                 worst = max(worst, d)
                 assert d == 0.0, (name, k, d)
         print(f"{name}: FSDP2 == DDP == single process (max |difference| {worst:.2e})", flush=True)
+        if name.startswith("galore"):
+            per_rank = [torch.load(os.path.join(out_dir, f"bytes_{name}_{r}.pt")) for r in range(WORLD)]
+            replicated = per_rank[0]["ddp"]
+            assert all(b["ddp"] == replicated for b in per_rank)
+            worst_rank = max(b["fsdp"] for b in per_rank)
+            # the step counters and SR seeds/offsets (scalars) stay replicated
+            assert worst_rank <= replicated / WORLD + 512, (name, worst_rank, replicated)
+            print(f"{name}: state bytes per rank FSDP2 {worst_rank} <= DDP {replicated} / {WORLD}", flush=True)
 
 
 if __name__ == "__main__":

@@ -191,8 +191,9 @@ def test_checkpoint_resume_is_identical(config, tmp_path):
 def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
     """AdamS, ASTAdamW, GaLoreAdamW and GaLoreAdafactor under FSDP2 (2 gloo processes), and
     converted models under every preset and sparse config, equal one process bit for bit; they used to fail on DTensors ("nm_mask does not have a sharding strategy registered",
-    "got mixed torch.Tensor and DTensor").  LayerwiseOptimizer refuses FSDP2 (its hook would
-    never fire)."""
+    "got mixed torch.Tensor and DTensor").  GaLore's state is stored sharded: each rank holds at
+    most half of what a DDP rank holds (it used to hold all of it).  LayerwiseOptimizer refuses
+    FSDP2 (its hook would never fire)."""
     import os
     import subprocess
     import sys
@@ -203,6 +204,8 @@ def test_fsdp2_sparse_optimizers_match_one_process(tmp_path):
     from fsdp_worker import CASES
     for name in CASES:       # lowprec's optimizers, and AdamW on every preset and sparse layer config
         assert f"{name}: FSDP2 == DDP == single process (max |difference| 0.00e+00)" in out.stdout, out.stdout
+        if name.startswith("galore"):    # GaLore's state is stored sharded by rows
+            assert f"{name}: state bytes per rank FSDP2" in out.stdout, out.stdout
     assert "layerwise refused under FSDP2" in out.stdout
 
 
