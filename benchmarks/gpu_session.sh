@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Everything the GPU work of issue 4 needs, in one command on a machine with an NVIDIA GPU:
-# build lowprec._C with its CUDA kernels in place, run `pytest -m gpu`, then the three GPU
-# benchmarks. One log (session.log) and the benchmarks' JSON land in $OUT (default ./gpu_out);
+# Everything the GPU work needs, in one command on a machine with an NVIDIA GPU: build
+# lowprec._C with its CUDA kernels in place, run `pytest -m gpu`, then the four GPU benchmarks
+# (quantize, Hadamard, FP4 GEMM, and a converted model's training step against bf16). One log (session.log) and the benchmarks' JSON land in $OUT (default ./gpu_out);
 # copy the JSON into benchmarks/results/ and commit it with the device named in each file.
 #
 #   bash benchmarks/gpu_session.sh             # full sizes (4096-16384); about 10 minutes
@@ -22,12 +22,13 @@ PY=${PYTHON:-python3}
   echo "== pytest -m gpu"
   $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests 2>&1 | tail -60
   if [ "${QUICK:-0}" = 1 ]; then
-    sizes=(--size 4096); gemm=(--sizes 4096)
+    sizes=(--size 4096); gemm=(--sizes 4096); step=(--width 2048 --repeats 3)
   else
-    sizes=(); gemm=()
+    sizes=(); gemm=(); step=()
   fi
   echo "== benchmarks"
   $PY benchmarks/bench_gpu_quantize.py "${sizes[@]}" 2>&1
   $PY benchmarks/bench_gpu_hadamard.py "${sizes[@]}" 2>&1
   $PY benchmarks/bench_gpu_gemm.py "${gemm[@]}" 2>&1
+  $PY benchmarks/bench_gpu_train_step.py "${step[@]}" 2>&1
 } 2>&1 | tee "$OUT/session.log"

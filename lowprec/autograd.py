@@ -24,7 +24,12 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from . import ops
-from .library import fake_quantize_eager, fake_quantize_op, format_to_json
+from .distributed import data_parallel_amax
+from .execution import kernels_for, note
+from .gemm import qgemm
+from .gemm_operands import as_gemm_operand
+from .library import fake_quantize_eager, fake_quantize_op, format_from_json, format_to_json
+from .tensor import QuantizedTensor
 from .recipe import OperandConfig, Recipe
 from .reference.hadamard import hadamard_transform
 
@@ -53,6 +58,7 @@ class LinearPlan(NamedTuple):
     reuse_weight: bool   # dgrad may reuse fprop's quantized W (same 2D tiles, no transform)
     hadamard_impls: tuple  # ((device type, transform fn), ...) resolved when the plan is built
     key: str = ""        # names the plan to the custom ops (a digest of the recipe; see _PLANS)
+    gemm_backend: str = "auto"   # which kernels compute the GEMMs (lowprec.execution)
 
 
 # Plans by key: torch.compile graphs call the quantized linear as opaque custom ops that take
@@ -84,7 +90,7 @@ def plan_for(recipe: Recipe) -> LinearPlan:
     plan = LinearPlan(tuple(_operand_plan(o, a, recipe.sync_tensor_amax and local)
                             for o, a, local in zip(ops_, SLOT_AXES, RANK_LOCAL_SLOTS)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
-                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key)
+                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key, recipe.gemm_backend)
     _PLANS.setdefault(key, plan)
     return plan
 
@@ -158,6 +164,39 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
     return x_hat, (factor if factor.numel() else None)
 
 
+def quantize_codes(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_offset: int, backend: str):
+    """The operand as a QuantizedTensor (codes and scales): the same quantization, bit for bit,
+    as ``quantize_operand``'s fake-quantized values (same format, rounding, Philox bits)."""
+    fmt = format_from_json(op.fmt_json)
+    seed, offset = rng.tolist()
+    amax = data_parallel_amax(t) if op.amax_sync else None
+    fn = ops.resolve("quantize", backend, t.device)
+    return fn(t, fmt, rounding=op.rounding, seed=seed, offset=offset + extra_offset, amax_tensor=amax,
+              sr_clipping=op.sr_clipping)
+
+
+def _fp4_gemm(gemm: str, a, b, a_t: bool, b_t: bool) -> torch.Tensor:
+    """fp32 dequantize(A) @ dequantize(B)^T on the FP4 kernel; ``a_t`` / ``b_t``: the operand is
+    the transpose of the quantized matrix (blocks along its axis 0)."""
+    note(gemm, "fp4_qgemm")
+    return qgemm(as_gemm_operand(a, a_t), as_gemm_operand(b, b_t), backend="triton")
+
+
+def _wgrad_padded(t: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
+    """Tokens zero-padded to a multiple of the wgrad Hadamard size."""
+    pad = _padded_tokens(t.shape[0], plan.hadamard[2][0]) - t.shape[0]
+    return torch.nn.functional.pad(t, (0, 0, 0, pad)) if pad else t
+
+
+def wgrad_x_codes(x: torch.Tensor, out_f: int, rng, plan: LinearPlan, layer_seed: int):
+    """wgrad's X operand, Q(T_w^T X) blocked along tokens, as codes: what the kernel path saves
+    for backward instead of the fp32 X (computed in the forward pass from the same bits)."""
+    tokens, in_f = x.shape
+    offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
+    x_w = _transform(_wgrad_padded(x, plan), plan.hadamard[2], 0, layer_seed, 2, impls=plan.hadamard_impls)
+    return quantize_codes(x_w, plan.operands[5], rng, offsets[5], plan.backend)
+
+
 def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int):
     """(Y in x's dtype, X-estimator factor, W-estimator factor, fprop's quantized W kept for
     dgrad); the last three are empty tensors when there is none."""
@@ -165,53 +204,73 @@ def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int):
     out_f = weight.shape[0]
     offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
     ops_, had, impls = plan.operands, plan.hadamard, plan.hadamard_impls
-    xq, x_factor = quantize_operand(_transform(x, had[0], -1, layer_seed, 0, impls=impls), ops_[0], rng, offsets[0],
-                                    plan.estimator, plan.backend)
-    wq, w_factor = quantize_operand(_transform(weight, had[0], -1, layer_seed, 0, impls=impls), ops_[1], rng,
-                                    offsets[1], plan.estimator, plan.backend)
-    y = xq @ wq.t()
+    none = x.new_empty(0, dtype=torch.float32)
+    x_t = _transform(x, had[0], -1, layer_seed, 0, impls=impls)
+    w_t = _transform(weight, had[0], -1, layer_seed, 0, impls=impls)
+    if kernels_for(plan, x.device.type)[0].kernel == "fp4_qgemm":
+        qx = quantize_codes(x_t, ops_[0], rng, offsets[0], plan.backend)
+        qw = quantize_codes(w_t, ops_[1], rng, offsets[1], plan.backend)
+        y = _fp4_gemm("fprop", qx, qw, False, False)
+        x_factor = w_factor = wq = None          # STE only; dgrad quantizes W again from its codes' recipe
+    else:
+        note("fprop", "fp32_matmul")
+        xq, x_factor = quantize_operand(x_t, ops_[0], rng, offsets[0], plan.estimator, plan.backend)
+        wq, w_factor = quantize_operand(w_t, ops_[1], rng, offsets[1], plan.estimator, plan.backend)
+        y = xq @ wq.t()
+        wq = wq if plan.reuse_weight else None
     if bias is not None:
         y = y + bias.to(torch.float32)
-    none = x.new_empty(0, dtype=torch.float32)
     return (y.to(x.dtype), none if x_factor is None else x_factor, none if w_factor is None else w_factor,
-            wq if plan.reuse_weight else none)
+            none if wq is None else wq)
 
 
 def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan: LinearPlan, layer_seed: int,
-                   need_x: bool, need_w: bool, need_b: bool):
-    """(dX, dW, db) of the three quantized GEMMs; empty tensors for gradients not asked for."""
-    tokens, in_f = x.shape
+                   need_x: bool, need_w: bool, need_b: bool, x_w_codes=None, x_meta=None):
+    """(dX, dW, db) of the three quantized GEMMs; empty tensors for gradients not asked for.
+    ``x_w_codes``: wgrad's quantized X, saved by the kernel path's forward in place of ``x``
+    (then ``x`` is None and ``x_meta`` = (shape, dtype))."""
+    x_shape, x_dtype = (x.shape, x.dtype) if x is not None else x_meta
+    tokens, in_f = x_shape
     out_f = weight.shape[0]
     offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
     ops_, had, backend, impls = plan.operands, plan.hadamard, plan.backend, plan.hadamard_impls
+    kernels = kernels_for(plan, grad_out.device.type)
     dy = grad_out.to(torch.float32)
-    none = x.new_empty(0, dtype=torch.float32)
+    none = dy.new_empty(0)
     grad_x = grad_w = grad_b = none
 
     if need_x:
-        dyq, _ = quantize_operand(_transform(dy, had[1], -1, layer_seed, 1, impls=impls), ops_[2], rng, offsets[2],
-                                  "ste", backend)
-        if wq_reused.numel():
-            wq = wq_reused
+        dy_t = _transform(dy, had[1], -1, layer_seed, 1, impls=impls)
+        if kernels[1].kernel == "fp4_qgemm":
+            qdy = quantize_codes(dy_t, ops_[2], rng, offsets[2], backend)
+            qw = quantize_codes(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng, offsets[3],
+                                backend)
+            grad_x = _fp4_gemm("dgrad", qdy, qw, False, True)
         else:
-            wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng,
-                                     offsets[3], "ste", backend)
-        grad_x = dyq @ wq
+            note("dgrad", "fp32_matmul")
+            dyq, _ = quantize_operand(dy_t, ops_[2], rng, offsets[2], "ste", backend)
+            if wq_reused.numel():
+                wq = wq_reused
+            else:
+                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng,
+                                         offsets[3], "ste", backend)
+            grad_x = dyq @ wq
         if x_factor.numel():
             grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed, impls)
-        grad_x = grad_x.to(x.dtype)
+        grad_x = grad_x.to(x_dtype)
 
     if need_w:
-        pad = _padded_tokens(tokens, had[2][0]) - tokens
-        dy_w, x_w = dy, x
-        if pad:
-            dy_w = torch.nn.functional.pad(dy_w, (0, 0, 0, pad))
-            x_w = torch.nn.functional.pad(x_w, (0, 0, 0, pad))
-        dyq, _ = quantize_operand(_transform(dy_w, had[2], 0, layer_seed, 2, impls=impls), ops_[4], rng, offsets[4],
-                                  "ste", backend)
-        xq, _ = quantize_operand(_transform(x_w, had[2], 0, layer_seed, 2, impls=impls), ops_[5], rng, offsets[5],
-                                 "ste", backend)
-        grad_w = dyq.t() @ xq
+        dy_w = _transform(_wgrad_padded(dy, plan), had[2], 0, layer_seed, 2, impls=impls)
+        if kernels[2].kernel == "fp4_qgemm":
+            qdy = quantize_codes(dy_w, ops_[4], rng, offsets[4], backend)
+            qx = x_w_codes if x_w_codes is not None else wgrad_x_codes(x, out_f, rng, plan, layer_seed)
+            grad_w = _fp4_gemm("wgrad", qdy, qx, True, True)
+        else:
+            note("wgrad", "fp32_matmul")
+            dyq, _ = quantize_operand(dy_w, ops_[4], rng, offsets[4], "ste", backend)
+            x_w = _transform(_wgrad_padded(x, plan), had[2], 0, layer_seed, 2, impls=impls)
+            xq, _ = quantize_operand(x_w, ops_[5], rng, offsets[5], "ste", backend)
+            grad_w = dyq.t() @ xq
         if w_factor.numel():
             grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed, impls)
         grad_w = grad_w.to(weight.dtype)
@@ -255,7 +314,8 @@ def _(x, weight, bias, rng, plan_key, layer_seed):
     f32 = torch.float32
     x_factor = x.new_empty(x.shape if factors and plan.operands[0].kind == "quant" else (0,), dtype=f32)
     w_factor = x.new_empty(weight.shape if factors and plan.operands[1].kind == "quant" else (0,), dtype=f32)
-    wq = x.new_empty(weight.shape if plan.reuse_weight else (0,), dtype=f32)
+    reuse = plan.reuse_weight and kernels_for(plan, x.device.type)[0].kernel != "fp4_qgemm"  # as _forward_math
+    wq = x.new_empty(weight.shape if reuse else (0,), dtype=f32)
     return x.new_empty((x.shape[0], weight.shape[0])), x_factor, w_factor, wq
 
 
@@ -281,24 +341,42 @@ class QuantLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
                 plan: LinearPlan, layer_seed: int):
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             y, x_factor, w_factor, wq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
         else:
             y, x_factor, w_factor, wq = _forward_math(x, weight, bias, rng, plan, layer_seed)
-        ctx.save_for_backward(x, weight, rng, x_factor, w_factor, wq)
         ctx.cfg = (plan, layer_seed, bias is not None)
+        ctx.x_codes, ctx.x_meta = None, (x.shape, x.dtype)
+        saved_x, codes = x, ()
+        if not compiling and not ctx.needs_input_grad[1]:
+            saved_x = None           # X only feeds wgrad: a frozen weight (PEFT's base) needs none
+        elif not compiling and kernels_for(plan, x.device.type)[2].kernel == "fp4_qgemm":
+            # Backward needs X only for wgrad: keep its quantized operand (4-bit codes and scales,
+            # the same bits the backward would draw) instead of the fp32 activations.
+            q = wgrad_x_codes(x, weight.shape[0], rng, plan, layer_seed)
+            ctx.x_codes = (q.fmt, q.shape, q.dtype, q.axis, x.shape, x.dtype)
+            saved_x = None
+            codes = (q.codes, q.scales, q.tensor_scale if q.tensor_scale is not None else q.scales.new_empty(0))
+        ctx.save_for_backward(saved_x, weight, rng, x_factor, w_factor, wq, *codes)
         return y
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, weight, rng, x_factor, w_factor, wq = ctx.saved_tensors
+        x, weight, rng, x_factor, w_factor, wq, *codes = ctx.saved_tensors
         plan, layer_seed, has_bias = ctx.cfg
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
         with torch.autocast(grad_out.device.type, enabled=False):   # a backward run under autocast
             if torch.compiler.is_compiling():
                 grads = _backward_op(grad_out, x, weight, rng, x_factor, w_factor, wq, plan.key, layer_seed, *need)
+            elif ctx.x_codes is not None:
+                fmt, shape, dtype, axis, x_shape, x_dtype = ctx.x_codes
+                q = QuantizedTensor(codes[0], codes[1], codes[2] if codes[2].numel() else None, fmt, shape, dtype, axis)
+                grads = _backward_math(grad_out, None, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need,
+                                       x_w_codes=q, x_meta=(x_shape, x_dtype))
             else:
-                grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need)
+                grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need,
+                                       x_meta=ctx.x_meta)
         grad_x, grad_w, grad_b = (g if n else None for g, n in zip(grads, need))
         return grad_x, grad_w, grad_b, None, None, None
 

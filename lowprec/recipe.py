@@ -118,6 +118,9 @@ class GemmConfig:
         return f"{self.lhs.describe()} x {self.rhs.describe()}{h}"
 
 
+GEMM_BACKENDS = ("auto", "simulate", "kernels")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """fprop (X, W), dgrad (dY, W), wgrad (dY, X) configs, a gradient estimator for the
@@ -134,6 +137,10 @@ class Recipe:
     # data parallel: all-reduce (max) the tensor amax of activations and gradients across the
     # process group (lowprec.distributed), so every rank uses the tensor scale one process would
     sync_tensor_amax: bool = False
+    # which kernels compute the three GEMMs (lowprec.execution): "auto" = tensor-core kernels on
+    # CUDA where the formats allow, the simulator's fp32 matmul elsewhere; "simulate" = the fp32
+    # matmul of fake-quantized operands everywhere; "kernels" = the kernels or an error
+    gemm_backend: str = "auto"
 
     def __post_init__(self):
         for name in ("fprop", "dgrad", "wgrad"):
@@ -142,12 +149,15 @@ class Recipe:
                 object.__setattr__(self, name, GemmConfig(**v))
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {ESTIMATORS}")
+        if self.gemm_backend not in GEMM_BACKENDS:
+            raise ValueError(f"unknown gemm_backend {self.gemm_backend!r}; expected one of {GEMM_BACKENDS}")
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"name": self.name, "fprop": self.fprop.to_dict(), "dgrad": self.dgrad.to_dict(),
                 "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend,
-                "hadamard_backend": self.hadamard_backend, "sync_tensor_amax": self.sync_tensor_amax}
+                "hadamard_backend": self.hadamard_backend, "sync_tensor_amax": self.sync_tensor_amax,
+                "gemm_backend": self.gemm_backend}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -116,3 +116,14 @@ def test_fsdp_benchmark_runs(tmp_path):
     fsdp = {r["optimizer"]: r["state_MiB_per_rank"] for r in rows if r["mode"] == "fsdp2"}
     ddp = {r["optimizer"]: r["state_MiB_per_rank"] for r in rows if r["mode"] == "ddp"}
     assert fsdp["adamw"] < 0.6 * ddp["adamw"] and fsdp["adams"] < 0.6 * ddp["adams"]     # sharded
+
+
+@needs_triton
+def test_gpu_train_step_script_smoke(tmp_path, monkeypatch):
+    """The training-step benchmark runs end to end and names the kernels each row ran."""
+    out = smoke_run("bench_gpu_train_step", "gpu_train_step", tmp_path, monkeypatch, "--width", "64", "--layers", "1",
+                    "--tokens", "32", "--recipes", "nvfp4", "--gemm-backend", "kernels")
+    rows = {r["model"]: r for r in out["rows"]}
+    assert rows["nvfp4"]["kernels"] == "fp4_qgemm" and rows["bf16 nn.Linear"]["vs_bf16"] == 1.0
+    assert {r["part"] for r in out["gemm_split"]} >= {"quantize X", "quantize W", "fp4 gemm"}
+    assert out["smoke_run"]

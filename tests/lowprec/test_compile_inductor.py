@@ -84,3 +84,15 @@ def test_sparse_config_compiles_and_equals_eager(name):
     first = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     # the graphs of step 1 are reused by steps 2 and 3: no graph per step
     assert first <= 8, f"{name}: {first} graphs for 3 steps"
+
+
+@pytest.mark.skipif(not lowprec.ops.backend_status("triton")[0], reason="the FP4 GEMM is a Triton kernel: it "
+                    "needs a GPU or TRITON_INTERPRET=1")
+def test_kernel_path_compiles_fullgraph_and_equals_eager():
+    """gemm_backend="kernels" (the GPU path; interpreted here): compiled equals eager bit for bit.
+    Eager keeps wgrad's X as codes, the compiled graph keeps X and quantizes it again in the
+    backward from the same bits; the fake of the forward op matches its real outputs (the
+    kernel path reuses no fake-quantized W)."""
+    torch._dynamo.utils.counters.clear()
+    _compare(lowprec.recipes.get("nvfp4", gemm_backend="kernels"), fullgraph=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

@@ -1,0 +1,199 @@
+"""The kernel execution path of QuantLinear (lowprec.execution): each GEMM quantizes its
+operands to codes and runs the Triton FP4 GEMM instead of the simulator's fp32 matmul of
+fake-quantized copies.  On this CPU the Triton kernels run under TRITON_INTERPRET=1 with
+``gemm_backend="kernels"``; ``pytest -m gpu`` runs the same checks on CUDA with the default
+``"auto"``.
+
+What must hold: the operands are quantized bit for bit as the simulator quantizes them (the
+saved wgrad operand is compared code for code), the results are within the quantized-GEMM
+bound of the simulator (the only difference is the order of the fp32 sums), the layer really
+ran the kernels (recorded), and backward keeps 4-bit codes instead of the fp32 activations.
+"""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lowprec
+from lowprec import ops
+from lowprec.autograd import _padded_tokens, _transform, plan_for, quantize_operand, slot_offsets
+from lowprec.execution import gemm_kernels, record_kernels
+from lowprec.formats import get_format
+from lowprec.gemm_operands import as_gemm_operand
+
+TRITON = ops.backend_status("triton")[0]
+needs_triton = pytest.mark.skipif(not TRITON, reason="the Triton kernels need a GPU or TRITON_INTERPRET=1")
+FP4_RECIPES = ["nvfp4", "mxfp4", "ue5m3"]
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "mxfp8", "ue5m3"])
+@pytest.mark.parametrize("layout", ["rows", "cols", "tiles"])
+@pytest.mark.parametrize("shape", [(37, 53), (32, 64)])
+def test_gemm_operand_layouts_hold_the_same_values(fmt, layout, shape):
+    """Blocks along axis 0 read as the transpose, and 2-D tiles read either way, without
+    changing a value: the GEMM multiplies what the reference quantized."""
+    f = get_format(fmt)
+    f = {"rows": f.replace(axis=-1), "cols": f.replace(axis=0), "tiles": f.replace(block_2d=True)}[layout]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3
+    q = lowprec.quantize(x, f, backend="reference")
+    values = q.dequantize(torch.float32)
+    for transpose in (False, True):
+        if (layout == "rows" and transpose) or (layout == "cols" and not transpose):
+            with pytest.raises(ValueError, match="re-quantization"):
+                as_gemm_operand(q, transpose)
+            continue
+        g = as_gemm_operand(q, transpose)
+        assert g.axis == 1 and not g.fmt.block_2d
+        assert torch.equal(g.dequantize(torch.float32), values.t() if transpose else values)
+
+
+def test_kernel_choice_and_reasons():
+    cpu = {g: k.kernel for g, k in gemm_kernels("nvfp4", "cpu").items()}
+    assert cpu == dict.fromkeys(("fprop", "dgrad", "wgrad"), "fp32_matmul")     # the simulator on a CPU
+    for name in FP4_RECIPES:
+        for device, mode in (("cuda", "auto"), ("cpu", "kernels")):
+            r = lowprec.recipes.get(name, gemm_backend=mode)
+            assert {k.kernel for k in gemm_kernels(r, device).values()} == {"fp4_qgemm"}, (name, device)
+    assert {k.kernel for k in gemm_kernels(lowprec.recipes.get("nvfp4", gemm_backend="simulate"), "cuda").values()} \
+        == {"fp32_matmul"}
+    with pytest.raises(ValueError, match="e4m3 elements"):
+        gemm_kernels(lowprec.recipes.get("mxfp8", gemm_backend="kernels"))
+    with pytest.raises(ValueError, match="bf16, not quantized"):
+        gemm_kernels(lowprec.recipes.get("bf16", gemm_backend="kernels"))
+    with pytest.warns(UserWarning, match="fp32 matmuls of fake-quantized operands"):   # never silent on CUDA
+        k = gemm_kernels(lowprec.recipes.get("mxfp8").replace(name="mxfp8 (warning test)"), "cuda")
+    assert k["fprop"].kernel == "fp32_matmul" and "e4m3" in k["fprop"].reason
+    with pytest.warns(UserWarning, match="clipped_ste estimator"):
+        k = gemm_kernels(lowprec.recipes.get("nvfp4", estimator="clipped_ste", gemm_backend="auto"), "cuda")
+    assert k["fprop"].kernel == "fp32_matmul" and "estimator" in k["fprop"].reason
+    assert k["dgrad"].kernel == k["wgrad"].kernel == "fp4_qgemm"
+    with pytest.raises(ValueError, match="gemm_backend"):
+        lowprec.recipes.get("nvfp4", gemm_backend="fast")
+    r = lowprec.recipes.get("nvfp4", gemm_backend="kernels")
+    assert type(r).from_json(r.to_json()) == r
+
+
+def _model(recipe, frozen=False, device="cpu"):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32))
+    m = lowprec.convert_model(m, recipe).to(device)
+    if frozen:
+        m[0].weight.requires_grad_(False)
+    return m
+
+
+def _run(recipe, x, frozen=False):
+    m = _model(recipe, frozen, x.device)
+    x = x.clone().requires_grad_(True)
+    with record_kernels() as calls:
+        y = m(x)
+        y.square().mean().backward()
+    grads = [x.grad] + [p.grad for p in m.parameters() if p.requires_grad]
+    return y.detach(), grads, calls
+
+
+def _close(a, b):
+    # the quantized-GEMM bound allows 2x the reference's fp32 error plus 1e-5 of the largest
+    # value; this checks the stricter |kernel - simulator| <= 1e-5 * max |simulator|
+    return (a - b).abs().max().item() <= 1e-5 * b.abs().max().item()
+
+
+def check_kernel_path_matches_simulator(name, device, mode, shape=(40, 64), frozen=False, fprop="fp4_qgemm",
+                                        **overrides):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).to(device)
+    y_s, g_s, calls_s = _run(lowprec.recipes.get(name, gemm_backend="simulate", **overrides), x, frozen)
+    y_k, g_k, calls_k = _run(lowprec.recipes.get(name, gemm_backend=mode, **overrides), x, frozen)
+    assert set(calls_s) == {("fprop", "fp32_matmul"), ("dgrad", "fp32_matmul"), ("wgrad", "fp32_matmul")}
+    assert set(calls_k) == {("fprop", fprop), ("dgrad", "fp4_qgemm"), ("wgrad", "fp4_qgemm")}
+    assert len(calls_k) == len(calls_s)
+    assert not torch.equal(y_s, torch.zeros_like(y_s))
+    assert _close(y_k, y_s), (y_k - y_s).abs().max()
+    for a, b in zip(g_k, g_s):
+        assert _close(a, b), (a - b).abs().max() / b.abs().max()
+
+
+@needs_triton
+@pytest.mark.parametrize("name", FP4_RECIPES)
+def test_kernel_path_matches_the_simulator(name):
+    check_kernel_path_matches_simulator(name, "cpu", "kernels")
+
+
+@needs_triton
+def test_kernel_path_three_dim_inputs_and_frozen_weight():
+    check_kernel_path_matches_simulator("nvfp4", "cpu", "kernels", shape=(3, 8, 64))
+    check_kernel_path_matches_simulator("nvfp4", "cpu", "kernels", frozen=True)
+
+
+def check_saved_operand_is_the_reference_quantization(device, mode):
+    recipe = lowprec.recipes.get("nvfp4", gemm_backend=mode)
+    layer = _model(recipe, device=device)[0]
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(3)).to(device)
+    rng_before = torch.stack((torch.tensor(layer.seed), layer.sr_offset.clone().cpu()))
+    y = layer(x)
+    saved = y.grad_fn.saved_tensors
+    assert saved[0] is None                                   # no fp32 X kept for backward
+    codes, scales = saved[6], saved[7]
+    assert codes.dtype == torch.uint8 and codes.numel() <= x.numel() // 2 + 64 * 8
+    assert codes.numel() + scales.numel() < x.numel() * 4 / 5     # under a fifth of X's fp32 bytes (tokens padded 40 -> 48)
+    # the same operand through the reference: Q(T_w^T X), tokens padded, the slot's Philox bits
+    plan = plan_for(recipe.replace(backend="reference", hadamard_backend="reference", gemm_backend="simulate"))
+    offsets, _ = slot_offsets(40, 64, 96, plan)
+    x_pad = torch.nn.functional.pad(x, (0, 0, 0, _padded_tokens(40, plan.hadamard[2][0]) - 40))
+    x_w = _transform(x_pad.cpu(), plan.hadamard[2], 0, layer.seed, 2)
+    want, _ = quantize_operand(x_w, plan.operands[5], rng_before, offsets[5], "ste", "reference")
+    fmt, shape, dtype, axis = y.grad_fn.x_codes[:4]
+    q = lowprec.QuantizedTensor(codes, scales, saved[8] if saved[8].numel() else None, fmt, shape, dtype, axis)
+    assert torch.equal(q.dequantize(torch.float32).cpu(), want)
+
+
+@needs_triton
+def test_saved_wgrad_operand_is_the_reference_quantization():
+    check_saved_operand_is_the_reference_quantization("cpu", "kernels")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", FP4_RECIPES)
+def test_kernel_path_on_gpu(name):
+    """On CUDA the default gemm_backend ("auto") takes the kernel path."""
+    check_kernel_path_matches_simulator(name, "cuda", "auto")
+    check_kernel_path_matches_simulator(name, "cuda", "auto", shape=(3, 8, 64), frozen=True)
+
+
+@pytest.mark.gpu
+def test_kernel_path_with_a_forward_estimator_on_gpu():
+    """clipped_ste keeps fprop on the fp32 matmul (warned); dgrad and wgrad take the kernel,
+    and dgrad applies the saved estimator factor."""
+    with pytest.warns(UserWarning, match="clipped_ste"):
+        check_kernel_path_matches_simulator("nvfp4", "cuda", "auto", fprop="fp32_matmul", estimator="clipped_ste")
+
+
+@pytest.mark.gpu
+def test_saved_wgrad_operand_on_gpu():
+    check_saved_operand_is_the_reference_quantization("cuda", "auto")
+
+
+def test_simulator_path_on_cpu_is_unchanged_by_default():
+    """'auto' on a CPU is the simulator: the fp32 matmul of fake-quantized operands, no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, _, calls = _run(lowprec.recipes.get("nvfp4"), torch.randn(16, 64))
+    assert {k for _, k in calls} == {"fp32_matmul"}
+
+
+def test_frozen_weight_keeps_no_activations():
+    """X feeds only wgrad: a layer with a frozen weight (PEFT's base) saves none, on the
+    simulator path too, and its input gradient is unchanged (it used to keep the fp32 X)."""
+    layer = _model("nvfp4", frozen=True)[0]
+    x = torch.randn(16, 64, requires_grad=True)
+    y = layer(x)
+    assert y.grad_fn.saved_tensors[0] is None
+    y.square().sum().backward()
+    layer.weight.requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    layer.sr_offset.zero_()
+    y2 = layer(x2)
+    assert y2.grad_fn.saved_tensors[0] is not None
+    y2.square().sum().backward()
+    assert torch.equal(x.grad, x2.grad)
