@@ -12,6 +12,7 @@ from .hf import load_pretrained
 from .ops import BackendUnavailable, available_backends
 from .nn import QuantLinear
 from .recipe import GemmConfig, OperandConfig, Recipe
+from .schedule import PrecisionSchedule, PrecisionScheduler, high_precision_forward
 from .tensor import QuantizedTensor
 
 __version__ = "0.1.0"
@@ -24,4 +25,5 @@ __all__ = [
     "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes",
     "convert_model", "revert_model", "ConversionReport", "rng_state", "load_rng_state",
     "QuantLinear", "Recipe", "GemmConfig", "OperandConfig", "load_pretrained",
+    "PrecisionSchedule", "PrecisionScheduler", "high_precision_forward",
 ]

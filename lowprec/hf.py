@@ -122,3 +122,17 @@ def _load_exactly(model, state: dict, path: str) -> None:
     untied = [k for k in missing if current[k].data_ptr() not in saved_ptrs]
     if untied:
         raise ValueError(f"{path} lacks tensors of the rebuilt model: {untied[:5]}")
+
+
+def precision_schedule_callback(scheduler):
+    """A transformers ``TrainerCallback`` that advances a ``lowprec.schedule.PrecisionScheduler``
+    after every optimizer step of a ``Trainer`` (the Trainer builds its optimizer itself, so
+    ``scheduler.attach(optimizer)`` is not available there). On ``resume_from_checkpoint`` the
+    Trainer loads the model's state_dict, which restores the counters and re-applies the phase."""
+    from transformers import TrainerCallback
+
+    class PrecisionScheduleCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            scheduler.step()
+
+    return PrecisionScheduleCallback()
