@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     from . import diagnose
     p_diag = sub.add_parser("diagnose", help="per-layer SQNR of a recipe's operands and GEMMs, worst layers first")
     diagnose.add_arguments(p_diag)
+    from . import plan as precision_plan
+    p_plan = sub.add_parser("plan", help="keep the layers most sensitive to a recipe in high precision, within a budget")
+    precision_plan.add_arguments(p_plan)
     from .bench import report
     p_bench = sub.add_parser("bench", help="print the recorded benchmark results (benchmarks/results) as tables")
     report.add_arguments(p_bench)
@@ -52,6 +55,8 @@ def main(argv=None) -> int:
         return report.run(args)
     elif args.command == "diagnose":
         diagnose.run(args)
+    elif args.command == "plan":
+        precision_plan.run(args)
     elif args.command == "backends":
         from .ops import BACKENDS, backend_status
         for b in BACKENDS:

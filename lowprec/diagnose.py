@@ -47,7 +47,10 @@ def capture(model: nn.Module, inputs, loss_fn):
                         2, g.detach().reshape(-1, g.shape[-1]).float()))
             handles.append(m.register_forward_hook(fwd_hook))
     try:
-        out = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+        if isinstance(inputs, dict):            # keyword inputs (transformers: input_ids=..., labels=...)
+            out = model(**inputs)
+        else:
+            out = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
         loss_fn(out).backward()
     finally:
         for h in handles:
@@ -55,11 +58,14 @@ def capture(model: nn.Module, inputs, loss_fn):
     return {k: v for k, v in records.items() if v[2] is not None}
 
 
-def diagnose_layer(x, w, dy, recipe: Recipe, seed: int = 0):
+def quantized_gemms(x, w, dy, recipe: Recipe, seed: int = 0, offset: int = 0):
+    """The recipe's six operands of one layer, fp32 and fake-quantized (each in its GEMM's
+    transformed domain, Philox bits from ``offset``), and its three quantized GEMM outputs.
+    -> (operands, quantized, (Y_hat, dX_hat, dW_hat))."""
     plan = plan_for(recipe)
     tokens, (out_f, in_f) = x.shape[0], w.shape
     offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
-    rng = torch.tensor([seed, 0])
+    rng = torch.tensor([seed, offset])
     had = plan.hadamard
     pad = _padded_tokens(tokens, had[2][0]) - tokens
     dy_w = F.pad(dy, (0, 0, 0, pad)) if pad else dy
@@ -70,10 +76,16 @@ def diagnose_layer(x, w, dy, recipe: Recipe, seed: int = 0):
         _transform(dy_w, had[2], 0, seed, 2), _transform(x_w, had[2], 0, seed, 2)]
     quantized = [quantize_operand(t, plan.operands[i], rng, offsets[i], "ste", plan.backend)[0]
                  for i, t in enumerate(operands)]
+    outputs = (quantized[0] @ quantized[1].t(), quantized[2] @ quantized[3], quantized[4].t() @ quantized[5])
+    return operands, quantized, outputs
+
+
+def diagnose_layer(x, w, dy, recipe: Recipe, seed: int = 0):
+    operands, quantized, (y_hat, dx_hat, dw_hat) = quantized_gemms(x, w, dy, recipe, seed)
     row = {f"sqnr_{s}": sqnr_db(t, q) for s, t, q in zip(SLOTS, operands, quantized)}
-    row["sqnr_fprop_Y"] = sqnr_db(x @ w.t(), quantized[0] @ quantized[1].t())
-    row["sqnr_dgrad_dX"] = sqnr_db(dy @ w, quantized[2] @ quantized[3])
-    row["sqnr_wgrad_dW"] = sqnr_db(dy.t() @ x, quantized[4].t() @ quantized[5])
+    row["sqnr_fprop_Y"] = sqnr_db(x @ w.t(), y_hat)
+    row["sqnr_dgrad_dX"] = sqnr_db(dy @ w, dx_hat)
+    row["sqnr_wgrad_dW"] = sqnr_db(dy.t() @ x, dw_hat)
     row["worst_gemm_sqnr"] = min(row["sqnr_fprop_Y"], row["sqnr_dgrad_dX"], row["sqnr_wgrad_dW"])
     return row
 
@@ -88,19 +100,36 @@ def builtin_model(batch_size: int = 16, seed: int = 0):
 
 
 def load_user_model(spec: str):
-    """'package.module:factory' -> factory() returning (model, inputs) or (model, inputs, loss_fn)."""
+    """'package.module:factory' -> factory() returning (model, inputs) or (model, inputs, loss_fn).
+    The module is looked up on sys.path and in the current directory. ``inputs`` is a tensor, a
+    tuple of positional arguments or a dict of keyword arguments (transformers: input_ids,
+    labels). Without a loss_fn the loss is the output's own ``loss`` (a transformers model
+    given labels), else the mean square of the output."""
+    import os
+    import sys
     if ":" not in spec:
         raise ValueError(f"--model takes 'package.module:factory', got {spec!r}")
     mod_name, fn_name = spec.split(":", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     out = getattr(importlib.import_module(mod_name), fn_name)()
     if not isinstance(out, tuple) or len(out) not in (2, 3):
         raise ValueError(f"{spec} must return (model, inputs) or (model, inputs, loss_fn)")
     model, inputs = out[0], out[1]
-    loss_fn = out[2] if len(out) == 3 else (lambda o: (o[0] if isinstance(o, tuple) else o).float().pow(2).mean())
+    loss_fn = out[2] if len(out) == 3 else default_loss
     return model, inputs, loss_fn
 
 
-def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
+def default_loss(out):
+    """The model's own loss when it returns one (transformers with labels), else mean square."""
+    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    if loss is not None:
+        return loss
+    t = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+    return t.float().pow(2).mean()
+
+
+def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0, draws: int = 4):
     """Per-layer SQNR of ``recipe`` on the activations and gradients of one batch through
     ``model``.  An already converted model is diagnosed in its unconverted form (a reverted
     copy: the same parameters, the plain function), with a warning: its quantized layers are
@@ -121,6 +150,9 @@ def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
         if recipe.shape_mismatch(w.shape[1], w.shape[0]):
             row["note"] = "skipped by convert_model (shape not blockable)"
         row.update(diagnose_layer(x, w, dy, recipe, layer_seed(seed, name)))
+        from .plan import measure_layer
+        quality = measure_layer(x, w, dy, recipe, layer_seed(seed, name), draws)
+        row.update({k: v for k, v in quality.items() if k.startswith(("dX_", "dW_"))})
         rows.append(row)
     rows.sort(key=lambda r: r["worst_gemm_sqnr"])
     for rank, r in enumerate(rows, 1):
@@ -128,16 +160,33 @@ def diagnose(model: nn.Module, inputs, loss_fn, recipe, seed: int = 0):
     return rows
 
 
+LEGEND = """legend:
+  Y, dX, dW   SQNR (dB) of the quantized GEMM outputs (fprop, dgrad, wgrad) against fp32
+  X .. X(wg)  SQNR (dB) of the six quantized operands, in their GEMM's transformed domain
+  gain        <mean quantized, fp32> / ||fp32||^2 of dX and dW over the SR draws (1 = unbiased in scale)
+  err         relative L2 error ||quantized - fp32|| / ||fp32||, mean over draws
+  bias        ||mean over draws - fp32|| / ||fp32|| (SR noise shrinks as 1/sqrt(draws))
+guidance: FP4 operands with 16-element blocks sit near 20 dB SQNR (relative error about 0.1);
+  a GEMM below about 13 dB (error above 0.22), a gain off 1 by more than 0.02, or a bias near
+  the error with stochastic rounding marks a layer to keep in higher precision
+  (`lowprec plan` picks them within a budget)."""
+
+
 def print_rows(rows, recipe_name: str, top: int = 0):
     print(f"recipe {recipe_name}: layers ranked by worst GEMM SQNR (dB, higher is better)")
-    hdr = (f"{'#':>3s} {'layer':28s} {'shape':>10s} {'Y':>6s} {'dX':>6s} {'dW':>6s} | {'X':>6s} {'W':>6s} "
-           f"{'dY(dg)':>7s} {'W(dg)':>6s} {'dY(wg)':>7s} {'X(wg)':>6s}")
+    width = max([5] + [len(r["layer"]) for r in rows[: top or None]])
+    hdr = (f"{'#':>3s} {'layer':{width}s} {'shape':>10s} {'Y':>6s} {'dX':>6s} {'dW':>6s} | {'X':>6s} {'W':>6s} "
+           f"{'dY(dg)':>7s} {'W(dg)':>6s} {'dY(wg)':>7s} {'X(wg)':>6s} | {'dX gain':>7s} {'dX err':>6s} "
+           f"{'dW gain':>7s} {'dW err':>6s} {'dW bias':>7s}")
     print(hdr)
     for r in rows[: top or None]:
-        print(f"{r['rank']:3d} {r['layer'][:28]:28s} {r['shape']:>10s} {r['sqnr_fprop_Y']:6.1f} "
+        print(f"{r['rank']:3d} {r['layer']:{width}s} {r['shape']:>10s} {r['sqnr_fprop_Y']:6.1f} "
               f"{r['sqnr_dgrad_dX']:6.1f} {r['sqnr_wgrad_dW']:6.1f} | "
               + " ".join(f"{r['sqnr_' + s]:{7 if 'lhs' in s and not s.startswith('fprop') else 6}.1f}" for s in SLOTS)
+              + f" | {r['dX_gain']:7.4f} {r['dX_rel_err']:6.3f} {r['dW_gain']:7.4f} {r['dW_rel_err']:6.3f} "
+                f"{r['dW_bias']:7.4f}"
               + ("  *" + r["note"] if "note" in r else ""))
+    print(LEGEND)
 
 
 def add_arguments(p):
@@ -146,6 +195,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=0, help="print only the worst N layers")
+    p.add_argument("--draws", type=int, default=4, help="stochastic-rounding draws for gain and bias")
     p.add_argument("--json", default="lowprec_runs/diagnose.json")
 
 
@@ -155,7 +205,7 @@ def run(args):
     else:
         model, inputs, loss_fn = load_user_model(args.model)
     recipe = get(args.recipe)
-    rows = diagnose(model, inputs, loss_fn, recipe, args.seed)
+    rows = diagnose(model, inputs, loss_fn, recipe, args.seed, args.draws)
     print_rows(rows, recipe.name, args.top)
     if args.json:
         path = Path(args.json)
