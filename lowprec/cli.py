@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     elif args.command == "simulate":
         if getattr(args, "sparse", None) and args.optimizer:
             parser.error("--sparse and --optimizer are separate comparisons; pass one")
+        if (getattr(args, "sparse", None) or args.optimizer) and (args.model != "builtin" or args.data or args.tokens):
+            parser.error("--model, --data and --tokens apply to the recipe comparison; the --sparse and --optimizer "
+                         "comparisons train the built-in model on the built-in corpus")
         if getattr(args, "sparse", None):
             sparse_sim.run(args)
         elif args.optimizer:

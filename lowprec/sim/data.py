@@ -14,6 +14,7 @@ class ByteCorpus:
         tokens = byte_tokens(stdlib_docstrings())
         n_val = int(len(tokens) * val_fraction)
         self.train, self.val = tokens[:-n_val], tokens[-n_val:]
+        self.description = f"{len(self.train)} train / {len(self.val)} val bytes of Python stdlib docstrings"
 
     def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator):
         data = self.train if split == "train" else self.val

@@ -60,7 +60,3 @@ class TinyLM(nn.Module):
             x = blk(x)
         return self.head(self.ln_f(x))
 
-
-def keep_head_high_precision(module: nn.Module, name: str) -> bool:
-    """Default filter: the output head stays in high precision (as FP4 recipes do)."""
-    return name != "head"

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from ..recipe import get
-from .data import ByteCorpus
 from .model import TinyLMConfig
+from .sources import build_model, check_fit, load_corpus
 from .report import plot_losses, print_summary, summarize, write_json
 from .timing import step_times
 from .train import TrainConfig, train_once
@@ -18,8 +18,15 @@ DEFAULT_RECIPES = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
 
 def add_arguments(p):
     p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), help="recipe presets to compare")
+    p.add_argument("--model", default="builtin",
+                   help="'builtin', a transformers config (.json, or a folder with config.json), or "
+                        "'package.module:factory' (ids -> logits); see lowprec.sim.sources")
+    p.add_argument("--data", nargs="+", default=None,
+                   help="text files or folders (default: the built-in corpus); tokenized with the model's tokenizer "
+                        "if its folder has one, byte-level otherwise")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--tokens", type=int, default=None, help="training length in tokens (overrides --steps)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--d-model", type=int, default=64)
@@ -38,9 +45,11 @@ def run(args) -> dict:
     from tqdm.auto import tqdm
     model = TinyLMConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=args.d_ff,
                          seq_len=args.seq_len)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, model=model)
+    steps = args.steps if args.tokens is None else max(1, -(-args.tokens // (args.batch_size * args.seq_len)))
+    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, model=model, source=args.model)
     recipes = [get(r, **({"estimator": args.estimator} if args.estimator else {})) for r in args.recipes]
-    corpus = ByteCorpus()
+    corpus = load_corpus(args.data, args.model)
+    check_fit(corpus, build_model(args.model, model), model.seq_len)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -54,15 +63,18 @@ def run(args) -> dict:
     baseline = "bf16" if "bf16" in args.recipes else recipes[0].name
     # the speed columns: a separate interleaved timing pass (lowprec.sim.timing), not the
     # training loop's own clock, which a busy moment of the machine skews for one recipe
-    timed = step_times({r.name: r for r in recipes}, args.timing_steps, corpus, model, cfg.batch_size)
+    timed = step_times({r.name: r for r in recipes}, args.timing_steps, corpus, model, cfg.batch_size,
+                       source=args.model)
     rows = summarize(results, baseline, step_times=timed, tokens_per_step=cfg.batch_size * model.seq_len)
-    print(f"\ncorpus: {len(corpus.train)} train / {len(corpus.val)} val bytes of Python stdlib docstrings; "
-          f"model {model}; {cfg.steps} steps x {cfg.batch_size} x {model.seq_len} tokens; "
+    described = model if args.model == "builtin" else args.model
+    print(f"\ncorpus: {corpus.description}; "
+          f"model {described}; {cfg.steps} steps x {cfg.batch_size} x {model.seq_len} tokens; "
           f"{time.time() - t0:.0f} s total")
     print_summary(rows, baseline)
     config = {"train": dataclasses.asdict(cfg), "recipes": [r.to_dict() for r in recipes], "seeds": args.seeds}
     write_json(out / "simulate.json", rows, results, config)
-    plotted = plot_losses(out / "simulate_loss.png", results, f"tiny LM, {cfg.steps} steps, seeds {args.seeds}")
+    title = "tiny LM" if args.model == "builtin" else Path(args.model).name
+    plotted = plot_losses(out / "simulate_loss.png", results, f"{title}, {cfg.steps} steps, seeds {args.seeds}")
     print(f"wrote {out / 'simulate.json'}" + (f" and {out / 'simulate_loss.png'}" if plotted else
                                                " (install matplotlib for the plot)"))
     return {"rows": rows, "results": results}

@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from ..convert import convert_model
-from .model import TinyLM, keep_head_high_precision
+from .sources import build_model, keep_heads_high_precision
 
 
 class StepTimer:
     """One recipe's converted model, optimizer and batch stream; ``step()`` times one step."""
 
-    def __init__(self, recipe, corpus, cfg, batch):
+    def __init__(self, recipe, corpus, cfg, batch, source: str = "builtin"):
         torch.manual_seed(0)
-        self.model = convert_model(TinyLM(cfg), recipe, module_filter_fn=keep_head_high_precision)
+        self.model = convert_model(build_model(source, cfg), recipe, module_filter_fn=keep_heads_high_precision)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         self.g = torch.Generator().manual_seed(0)
         self.corpus, self.cfg, self.batch = corpus, cfg, batch
@@ -35,9 +35,9 @@ class StepTimer:
         return time.perf_counter() - t0
 
 
-def step_times(recipes: dict, steps, corpus, cfg, batch, warmup: int = 2) -> dict:
+def step_times(recipes: dict, steps, corpus, cfg, batch, warmup: int = 2, source: str = "builtin") -> dict:
     """{name: median seconds per training step}, the recipes stepping in turn."""
-    timers = {name: StepTimer(r, corpus, cfg, batch) for name, r in recipes.items()}
+    timers = {name: StepTimer(r, corpus, cfg, batch, source) for name, r in recipes.items()}
     times = {name: [] for name in recipes}
     for i in range(steps + warmup):
         for name, t in timers.items():

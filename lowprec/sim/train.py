@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ..convert import convert_model
 from .data import ByteCorpus
-from .model import TinyLM, TinyLMConfig, keep_head_high_precision
+from .model import TinyLMConfig
+from .sources import build_model, keep_heads_high_precision
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class TrainConfig:
     warmup: int = 15
     weight_decay: float = 0.01
     eval_batches: int = 8
-    model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    model: TinyLMConfig = field(default_factory=TinyLMConfig)   # the built-in model's size; seq_len for all
+    source: str = "builtin"        # the model: builtin, a transformers config, or package.module:factory
 
 
 @dataclass
@@ -88,16 +90,17 @@ def run_steps(model, opt, corpus: ByteCorpus, cfg: TrainConfig, generator: torch
 
 
 def train_once(recipe, seed: int, cfg: TrainConfig, corpus: Optional[ByteCorpus] = None,
-               progress=None, module_filter_fn=keep_head_high_precision) -> RunResult:
-    """Same init, same batches for every recipe with the same seed."""
+               progress=None, module_filter_fn=keep_heads_high_precision, name: str = None) -> RunResult:
+    """Same init, same batches for every recipe with the same seed.  ``recipe``: a recipe (or
+    name), or a per-layer map for convert_model (then ``name`` labels the run)."""
     corpus = corpus or ByteCorpus()
     torch.manual_seed(seed)
-    model = TinyLM(cfg.model)
+    model = build_model(cfg.source, cfg.model)
     model, report = convert_model(model, recipe, module_filter_fn=module_filter_fn, seed=seed, return_report=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses, t_train = run_steps(model, opt, corpus, cfg, torch.Generator().manual_seed(seed), progress=progress)
     tail = max(1, cfg.steps // 10)
-    name = recipe if isinstance(recipe, str) else recipe.name
+    name = name or (recipe if isinstance(recipe, str) else recipe.name)
     return RunResult(name, seed, losses, evaluate(model, corpus, cfg, seed), sum(losses[-tail:]) / tail,
                      cfg.steps * cfg.batch_size * cfg.model.seq_len / t_train, t_train / cfg.steps,
                      dict(report.skipped))
