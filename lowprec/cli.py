@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     from . import diagnose
     p_diag = sub.add_parser("diagnose", help="per-layer SQNR of a recipe's operands and GEMMs, worst layers first")
     diagnose.add_arguments(p_diag)
+    from .sim import sweep as design_sweep
+    p_sweep = sub.add_parser("sweep", help="train under many points of the FP4 design space; loss gap vs cost, Pareto front")
+    design_sweep.add_arguments(p_sweep)
     from . import plan as precision_plan
     p_plan = sub.add_parser("plan", help="keep the layers most sensitive to a recipe in high precision, within a budget")
     precision_plan.add_arguments(p_plan)
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
         return report.run(args)
     elif args.command == "diagnose":
         diagnose.run(args)
+    elif args.command == "sweep":
+        design_sweep.run(args)
     elif args.command == "plan":
         precision_plan.run(args)
     elif args.command == "backends":
