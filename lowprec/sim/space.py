@@ -52,6 +52,9 @@ def normalize(point: dict) -> dict:
     for k, allowed in CHOICES.items():
         if p[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {p[k]!r}")
+    fmt = get_format(p["format"])           # None means the format's own: resolve it, so equal points compare equal
+    p["block_size"] = fmt.block_size if p["block_size"] is None else int(p["block_size"])
+    p["tensor_scale"] = fmt.tensor_scale if p["tensor_scale"] is None else bool(p["tensor_scale"])
     return p
 
 

@@ -23,6 +23,7 @@ import torch
 
 from .cost import Machine, relative_cost
 from .model import TinyLMConfig
+from . import space
 from .space import build_recipe, conversion, expand, high_precision_rule, label, normalize, parse_grid_flags, point_key
 from .train import TrainConfig
 
@@ -110,7 +111,10 @@ def sweep(points: list, seeds: list, cfg: TrainConfig, out: Path, data=None, wor
     from tqdm.auto import tqdm
     out = Path(out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    points = [normalize(p) for p in points]
+    unique = {}
+    for p in map(normalize, points):                # the same point twice is one configuration
+        unique.setdefault(json.dumps(p, sort_keys=True), p)
+    points = list(unique.values())
     if not any(p["format"] == "bf16" and p["high_layers"] == "head" for p in points):
         points = [normalize({"format": "bf16"})] + points
     valid, invalid = [], []
@@ -227,8 +231,8 @@ def plot(rows, path: Path, title: str) -> bool:
 
 
 def add_arguments(p):
-    p.add_argument("--spec", default=None, help="JSON file: {grid: {knob: [values]}, fixed: {...}, random: N, "
-                                                 "seeds: [...], plus any training flag}")
+    p.add_argument("--spec", default=None, help="JSON file: {grid: {knob: [values]}, fixed: {...}, points: [{...}] "
+                                                 "(extra points), random: N, seeds: [...], plus any training flag}")
     p.add_argument("--grid", nargs="*", default=None, help="knob=v1,v2 ... (see lowprec.sim.space)")
     p.add_argument("--fixed", nargs="*", default=None, help="knob=value applied to every point")
     p.add_argument("--random", type=int, default=None, help="draw this many points of the grid")
@@ -253,7 +257,8 @@ def add_arguments(p):
 
 def settings(args) -> dict:
     """Flags over the spec file over the defaults."""
-    s = {"grid": {"format": ["nvfp4", "ue5m3"], "hadamard": [0, 16]}, "fixed": {}, "random": None, "seeds": [0],
+    s = {"grid": {"format": ["nvfp4", "ue5m3"], "hadamard": [0, 16]}, "fixed": {}, "points": [], "random": None,
+         "seeds": [0],
          "model": "builtin", "data": None, "steps": 200, "tokens": None, "batch_size": 16, "seq_len": 64,
          "d_model": 64, "layers": 2, "lr": 3e-3}
     if args.spec:
@@ -281,7 +286,7 @@ def run(args) -> dict:
                         seq_len=s["seq_len"])
     steps = s["steps"] if s["tokens"] is None else max(1, -(-s["tokens"] // (s["batch_size"] * s["seq_len"])))
     cfg = TrainConfig(steps=steps, batch_size=s["batch_size"], lr=s["lr"], model=tiny, source=s["model"])
-    points = expand(s["grid"], s["fixed"], s["random"])
+    points = expand(s["grid"], s["fixed"], s["random"]) + [space.normalize(p) for p in s["points"]]
     out = Path(args.out)
     result = sweep(points, s["seeds"], cfg, out, s["data"], args.workers, not args.no_progress, args.cost_at,
                    threads_per_run=args.threads_per_run)
