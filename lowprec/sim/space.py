@@ -16,7 +16,9 @@ which layers stay in high precision). Knobs and their values:
 - ``estimator``: the forward quantizers' gradient estimator (``ste``, ``clipped_ste``,
   ``scale_grad``);
 - ``high_layers``: ``head`` (only the output head in high precision) or ``first_last`` (also
-  the linear layers of the first and last blocks).
+  the linear layers of the first and last blocks);
+- ``late_switch``: the last fraction of the training steps runs the forward GEMMs in bf16
+  (a ``lowprec.schedule`` late switch; 0: none).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..recipe import GemmConfig, OperandConfig, Recipe, get
 
 DEFAULTS = {"format": "nvfp4", "block_size": None, "tensor_scale": None, "weight_tiles": True, "hadamard": 16,
             "hadamard_gemms": "wgrad", "hadamard_random": True, "sr": "grads", "estimator": "ste",
-            "high_layers": "head"}
+            "high_layers": "head", "late_switch": 0.0}
 CHOICES = {"format": ("nvfp4", "mxfp4", "ue5m3", "bf16"), "hadamard_gemms": ("wgrad", "all"),
            "sr": ("none", "grads", "backward"), "estimator": ("ste", "clipped_ste", "scale_grad"),
            "high_layers": ("head", "first_last")}
@@ -52,6 +54,9 @@ def normalize(point: dict) -> dict:
     for k, allowed in CHOICES.items():
         if p[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {p[k]!r}")
+    p["late_switch"] = float(p["late_switch"] or 0.0)
+    if not 0 <= p["late_switch"] < 1:
+        raise ValueError(f"late_switch is a fraction of the steps in [0, 1), got {p['late_switch']}")
     fmt = get_format(p["format"])           # None means the format's own: resolve it, so equal points compare equal
     p["block_size"] = fmt.block_size if p["block_size"] is None else int(p["block_size"])
     p["tensor_scale"] = fmt.tensor_scale if p["tensor_scale"] is None else bool(p["tensor_scale"])
@@ -77,6 +82,8 @@ def label(point: dict) -> str:
         parts.append(p["estimator"])
     if p["high_layers"] != "head":
         parts.append(p["high_layers"])
+    if p["late_switch"]:
+        parts.append(f"late-bf16-fwd:{p['late_switch']:g}")
     return " ".join(parts)
 
 
@@ -132,11 +139,28 @@ def conversion(point: dict, linear_names: list):
     return {**{fnmatch_escape(n): None for n in kept}, "*": recipe}
 
 
+def schedule_setup(point: dict, steps: int):
+    """For a point with ``late_switch``: a function (model, optimizer) that attaches the
+    precision schedule; None otherwise."""
+    p = normalize(point)
+    if not p.get("late_switch"):
+        return None
+    from ..schedule import PrecisionSchedule, PrecisionScheduler, high_precision_forward
+    recipe = build_recipe(p)
+    schedule = PrecisionSchedule.late_switch(recipe, high_precision_forward(recipe, "bf16"), steps, p["late_switch"])
+
+    def setup(model, optimizer):
+        PrecisionScheduler(model, schedule).attach(optimizer)
+    return setup
+
+
 def point_key(point: dict, context: dict) -> str:
     """The cache key of a run: the point's recipe (every field), its layer rule and the run's
     context (training config, model, data, seed). Changing any of them is a different run."""
     p = normalize(point)
     payload = {"recipe": build_recipe(p).to_dict(), "high_layers": p["high_layers"], "context": context}
+    if p.get("late_switch"):        # only when set: runs without a schedule keep their keys
+        payload["late_switch"] = p["late_switch"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -24,7 +24,8 @@ import torch
 from .cost import Machine, relative_cost
 from .model import TinyLMConfig
 from . import space
-from .space import build_recipe, conversion, expand, high_precision_rule, label, normalize, parse_grid_flags, point_key
+from .space import (build_recipe, conversion, expand, high_precision_rule, label, normalize, parse_grid_flags,
+                    point_key, schedule_setup)
 from .train import TrainConfig
 
 # two-sided 5% critical values of Student's t by degrees of freedom
@@ -92,7 +93,8 @@ def run_task(point: dict, seed: int, cfg: TrainConfig, data, path: str, threads:
     from .train import train_once
     torch.set_num_threads(threads)
     names = [n for n, _, _ in linear_names(cfg)]
-    result = train_once(conversion(point, names), seed, cfg, _corpus(data, cfg.source), name=label(point))
+    result = train_once(conversion(point, names), seed, cfg, _corpus(data, cfg.source), name=label(point),
+                        setup=schedule_setup(point, cfg.steps))
     record = {"point": point, "label": label(point), "seed": seed, "val_loss": result.val_loss,
               "final_loss": result.final_loss, "losses": result.losses, "skipped": result.skipped_layers}
     tmp = path + ".tmp"
@@ -179,18 +181,25 @@ def summarize(points, records, seeds, model_layers, cost_at, tokens, machine) ->
         gaps = [runs[s]["val_loss"] - base[s]["val_loss"] for s in seeds if s in runs and s in base]
         recipe = build_recipe(p)
         keep = high_precision_rule(p, names)
-        if cost_at == "model":
-            cost = relative_cost(model_layers, tokens, lambda n: None if keep(n) else recipe, machine)
-        else:
-            total = sum(k * n for _, k, n in model_layers)
-            kept = sum(k * n for name, k, n in model_layers if keep(name)) / total
-            cost = (1 - kept) * relative_cost(reference_layers(), tokens, lambda n: recipe, machine) + kept
+        cost = _cost(recipe, keep, model_layers, cost_at, tokens, machine)
+        if p.get("late_switch"):             # the last fraction of the steps runs a bf16 forward
+            from ..schedule import high_precision_forward
+            late = _cost(high_precision_forward(recipe, "bf16"), keep, model_layers, cost_at, tokens, machine)
+            cost = (1 - p["late_switch"]) * cost + p["late_switch"] * late
         rows.append({"label": lab, "point": p, "seeds": len(vals), "val_loss": statistics.mean(vals),
                      "val_loss_std": statistics.stdev(vals) if len(vals) > 1 else None,
                      "gap": statistics.mean(gaps), "gap_std": statistics.stdev(gaps) if len(gaps) > 1 else None,
                      "significance": significance(gaps), "cost": cost})
     rows.sort(key=lambda r: (r["cost"], r["gap"]))
     return rows
+
+
+def _cost(recipe, keep, model_layers, cost_at, tokens, machine) -> float:
+    if cost_at == "model":
+        return relative_cost(model_layers, tokens, lambda n: None if keep(n) else recipe, machine)
+    total = sum(k * n for _, k, n in model_layers)
+    kept = sum(k * n for name, k, n in model_layers if keep(name)) / total
+    return (1 - kept) * relative_cost(reference_layers(), tokens, lambda n: recipe, machine) + kept
 
 
 def print_rows(rows):

@@ -90,7 +90,8 @@ def run_steps(model, opt, corpus: ByteCorpus, cfg: TrainConfig, generator: torch
 
 
 def train_once(recipe, seed: int, cfg: TrainConfig, corpus: Optional[ByteCorpus] = None,
-               progress=None, module_filter_fn=keep_heads_high_precision, name: str = None) -> RunResult:
+               progress=None, module_filter_fn=keep_heads_high_precision, name: str = None,
+               setup=None) -> RunResult:
     """Same init, same batches for every recipe with the same seed.  ``recipe``: a recipe (or
     name), or a per-layer map for convert_model (then ``name`` labels the run)."""
     corpus = corpus or ByteCorpus()
@@ -98,6 +99,8 @@ def train_once(recipe, seed: int, cfg: TrainConfig, corpus: Optional[ByteCorpus]
     model = build_model(cfg.source, cfg.model)
     model, report = convert_model(model, recipe, module_filter_fn=module_filter_fn, seed=seed, return_report=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if setup is not None:                  # e.g. attach a precision schedule to the optimizer
+        setup(model, opt)
     losses, t_train = run_steps(model, opt, corpus, cfg, torch.Generator().manual_seed(seed), progress=progress)
     tail = max(1, cfg.steps // 10)
     name = name or (recipe if isinstance(recipe, str) else recipe.name)

@@ -137,3 +137,24 @@ def test_sweep_cli_with_a_spec_file(tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         spec.write_text(json.dumps({"grids": {}}))
         sweep_cli.run(args)
+
+
+def test_late_switch_knob_schedules_a_bf16_forward():
+    import torch
+    from torch import nn
+    ctx = {"train": {"steps": 10}, "seed": 0}
+    assert space.point_key({"late_switch": 0}, ctx) == space.point_key({}, ctx)   # no schedule: the same run
+    assert space.point_key({"late_switch": 0.2}, ctx) != space.point_key({}, ctx)
+    assert space.label({"late_switch": 0.2}).endswith("late-bf16-fwd:0.2")
+    with pytest.raises(ValueError, match="late_switch"):
+        space.normalize({"late_switch": 1.5})
+    assert space.schedule_setup({}, 10) is None
+    model = lowprec.convert_model(nn.Sequential(nn.Linear(32, 32)), space.build_recipe({}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    space.schedule_setup({"late_switch": 0.2}, 10)(model, opt)
+    names = []
+    for _ in range(10):
+        names.append(model[0].recipe.fprop.lhs.format)
+        model(torch.randn(4, 32)).sum().backward()
+        opt.step()
+    assert names[7] != "bf16" and names[8] == "bf16" and names[9] == "bf16"
