@@ -153,8 +153,9 @@ def sweep(points: list, seeds: list, cfg: TrainConfig, out: Path, data=None, wor
                     records.append(f.result())
                     bar.update(1)
     tokens = 8192 if cost_at == "reference" else cfg.batch_size * cfg.model.seq_len
-    rows = summarize(points, records, seeds, linear_names(cfg), cost_at, tokens, machine)
-    front = pareto_front(rows)
+    dead = {label(p): zero_gradient_layers(p, cfg, data) for p in points}
+    rows = summarize(points, records, seeds, linear_names(cfg), cost_at, tokens, machine, dead)
+    front = pareto_front([r for r in rows if not r["zero_gradient_layers"]])
     for r in rows:
         r["pareto"] = r["label"] in front
     return {"rows": rows, "records": records, "pareto": front, "ran": len(tasks), "cached": cached, "invalid": invalid,
@@ -163,7 +164,29 @@ def sweep(points: list, seeds: list, cfg: TrainConfig, out: Path, data=None, wor
             "machine": dataclasses.asdict(machine)}
 
 
-def summarize(points, records, seeds, model_layers, cost_at, tokens, machine) -> list:
+def zero_gradient_layers(point: dict, cfg: TrainConfig, data=None) -> list:
+    """Converted layers whose weight gradient is exactly zero on a training batch at
+    initialization: the recipe's quantizers flush the whole gradient (e.g. E4M3-scaled blocks
+    without a tensor scale, whose smallest scale is larger than the gradients' blocks need).
+    Such a run trains only the unconverted parameters, and its loss says nothing about the
+    recipe's accuracy; the sweep marks it and keeps it off the Pareto front."""
+    import torch.nn.functional as F
+    from .sources import build_model, keep_heads_high_precision
+    from ..convert import convert_model, converted_modules
+    torch.manual_seed(0)
+    names = [n for n, _, _ in linear_names(cfg)]
+    model = convert_model(build_model(cfg.source, cfg.model), conversion(point, names),
+                          module_filter_fn=keep_heads_high_precision)
+    x, y = _corpus(data, cfg.source).batch("train", cfg.batch_size, cfg.model.seq_len,
+                                            torch.Generator().manual_seed(0))
+    F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+    modules = dict(model.named_modules())
+    return [n for n in converted_modules(model)
+            if getattr(modules[n], "weight", None) is not None and modules[n].weight.grad is not None
+            and not bool(modules[n].weight.grad.any())]
+
+
+def summarize(points, records, seeds, model_layers, cost_at, tokens, machine, dead=None) -> list:
     """One row per point. Its cost: with ``cost_at="model"`` each simulated layer at its own
     shape; with ``"reference"`` the recipe's cost on the reference block, mixed with bf16 (1.0)
     by the share of the simulated model's linear FLOPs its layer rule keeps in high precision."""
@@ -189,7 +212,11 @@ def summarize(points, records, seeds, model_layers, cost_at, tokens, machine) ->
         rows.append({"label": lab, "point": p, "seeds": len(vals), "val_loss": statistics.mean(vals),
                      "val_loss_std": statistics.stdev(vals) if len(vals) > 1 else None,
                      "gap": statistics.mean(gaps), "gap_std": statistics.stdev(gaps) if len(gaps) > 1 else None,
-                     "significance": significance(gaps), "cost": cost})
+                     "significance": significance(gaps), "cost": cost,
+                     "zero_gradient_layers": len((dead or {}).get(lab, []))})
+        if rows[-1]["zero_gradient_layers"]:
+            rows[-1]["significance"] += (f"; DEGENERATE: {rows[-1]['zero_gradient_layers']} quantized layers get "
+                                         "all-zero weight gradients (they never train)")
     rows.sort(key=lambda r: (r["cost"], r["gap"]))
     return rows
 
@@ -220,12 +247,16 @@ def plot(rows, path: Path, title: str) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    rest = [r for r in rows if not r["pareto"]]
+    dead = [r for r in rows if r["zero_gradient_layers"]]
+    rest = [r for r in rows if not r["pareto"] and not r["zero_gradient_layers"]]
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["cost"])
     ax.errorbar([r["cost"] for r in rest], [r["gap"] for r in rest], yerr=[r["gap_std"] or 0 for r in rest],
                 fmt="o", color="0.6", ms=4, lw=0.8, label="configurations")
     ax.errorbar([r["cost"] for r in front], [r["gap"] for r in front], yerr=[r["gap_std"] or 0 for r in front],
                 fmt="o-", color="tab:red", ms=6, lw=1.5, label="Pareto front")
+    if dead:
+        ax.scatter([r["cost"] for r in dead], [r["gap"] for r in dead], marker="x", color="k", s=30,
+                   label="degenerate: some layers get zero gradients")
     for r in front:
         ax.annotate(r["label"], (r["cost"], r["gap"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.5)
@@ -303,6 +334,10 @@ def run(args) -> dict:
           f"{result['cached']} from the cache, {result['seconds']:.0f} s; model {s['model']}, {steps} steps; "
           f"cost at {result['cost_scale']}")
     print_rows(result["rows"])
+    for r in result["rows"]:
+        if r["zero_gradient_layers"]:
+            print(f"degenerate (off the Pareto front): {r['label']}: {r['zero_gradient_layers']} quantized layers "
+                  "get all-zero weight gradients at initialization")
     for lab, why in result["invalid"]:
         print(f"not run: {lab}: {why}")
     from ..bench.harness import environment

@@ -158,3 +158,16 @@ def test_late_switch_knob_schedules_a_bf16_forward():
         model(torch.randn(4, 32)).sum().backward()
         opt.step()
     assert names[7] != "bf16" and names[8] == "bf16" and names[9] == "bf16"
+
+
+def test_zero_gradient_points_are_flagged():
+    """nvfp4 blocks without a tensor scale and with nearest rounding flush the gradients of a
+    freshly initialized model entirely (UE4M3's smallest scale is far above their blocks'
+    amax / 6): every converted layer's dW is exactly 0.  Such a run only trains the
+    unconverted parameters; it must be marked, not plotted as a cheap accurate recipe (the
+    LLaMA-256 sweep put it on its Pareto front, 'better than bf16')."""
+    from lowprec.sim.sweep import zero_gradient_layers
+    cfg = TrainConfig(steps=1, batch_size=4, model=TinyLMConfig(d_model=64, n_layers=2, seq_len=32))
+    dead = zero_gradient_layers({"tensor_scale": False, "sr": "none", "hadamard": 0}, cfg)
+    assert len(dead) == 8                                        # all four linears of both blocks
+    assert zero_gradient_layers({}, cfg) == []                   # with the tensor scale, gradients survive
