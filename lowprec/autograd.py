@@ -227,8 +227,8 @@ def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int):
 def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan: LinearPlan, layer_seed: int,
                    need_x: bool, need_w: bool, need_b: bool, x_w_codes=None, x_meta=None):
     """(dX, dW, db) of the three quantized GEMMs; empty tensors for gradients not asked for.
-    ``x_w_codes``: wgrad's quantized X, saved by the kernel path's forward in place of ``x``
-    (then ``x`` is None and ``x_meta`` = (shape, dtype))."""
+    ``x_w_codes``: wgrad's quantized X, saved by the kernel path's forward in place of ``x``;
+    ``x`` is None when the forward kept none (then ``x_meta`` = (shape, dtype) describes it)."""
     x_shape, x_dtype = (x.shape, x.dtype) if x is not None else x_meta
     tokens, in_f = x_shape
     out_f = weight.shape[0]
@@ -355,7 +355,7 @@ class QuantLinearFunction(torch.autograd.Function):
             # Backward needs X only for wgrad: keep its quantized operand (4-bit codes and scales,
             # the same bits the backward would draw) instead of the fp32 activations.
             q = wgrad_x_codes(x, weight.shape[0], rng, plan, layer_seed)
-            ctx.x_codes = (q.fmt, q.shape, q.dtype, q.axis, x.shape, x.dtype)
+            ctx.x_codes = (q.fmt, q.shape, q.dtype, q.axis)
             saved_x = None
             codes = (q.codes, q.scales, q.tensor_scale if q.tensor_scale is not None else q.scales.new_empty(0))
         ctx.save_for_backward(saved_x, weight, rng, x_factor, w_factor, wq, *codes)
@@ -369,14 +369,13 @@ class QuantLinearFunction(torch.autograd.Function):
         with torch.autocast(grad_out.device.type, enabled=False):   # a backward run under autocast
             if torch.compiler.is_compiling():
                 grads = _backward_op(grad_out, x, weight, rng, x_factor, w_factor, wq, plan.key, layer_seed, *need)
-            elif ctx.x_codes is not None:
-                fmt, shape, dtype, axis, x_shape, x_dtype = ctx.x_codes
-                q = QuantizedTensor(codes[0], codes[1], codes[2] if codes[2].numel() else None, fmt, shape, dtype, axis)
-                grads = _backward_math(grad_out, None, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need,
-                                       x_w_codes=q, x_meta=(x_shape, x_dtype))
             else:
+                q = None
+                if ctx.x_codes is not None:
+                    ts = codes[2] if codes[2].numel() else None
+                    q = QuantizedTensor(codes[0], codes[1], ts, *ctx.x_codes)
                 grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need,
-                                       x_meta=ctx.x_meta)
+                                       x_w_codes=q, x_meta=ctx.x_meta)
         grad_x, grad_w, grad_b = (g if n else None for g, n in zip(grads, need))
         return grad_x, grad_w, grad_b, None, None, None
 

@@ -30,49 +30,12 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .diagnose import capture, quantized_gemms, sqnr_db
+from .diagnose import capture, default_loss, gemm_quality, measure_layer
 from .nn import layer_seed
 from .recipe import Recipe, get
 
-GEMM_NAMES = ("Y", "dX", "dW")
-
-
-def gemm_quality(exact: torch.Tensor, draws: list) -> dict:
-    """Relative L2 error (mean over draws), gain and relative bias of quantized results."""
-    ref = exact.double()
-    norm2 = ref.pow(2).sum().clamp_min(1e-300)
-    errs = [float((d.double() - ref).norm() / norm2.sqrt()) for d in draws]
-    mean = torch.stack([d.double() for d in draws]).mean(0)
-    return {"rel_err": sum(errs) / len(errs), "gain": float((mean * ref).sum() / norm2),
-            "bias": float((mean - ref).norm() / norm2.sqrt())}
-
-
-def measure_layer(x, w, dy, recipe: Recipe, seed: int, draws: int) -> dict:
-    exact = (x @ w.t(), dy @ w, dy.t() @ x)
-    results, sqnrs = [[], [], []], None
-    for k in range(draws):
-        operands, quantized, outs = quantized_gemms(x, w, dy, recipe, seed, offset=k * (1 << 40))
-        for i, o in enumerate(outs):
-            results[i].append(o)
-        if sqnrs is None:
-            sqnrs = [sqnr_db(t, q) for t, q in zip(operands, quantized)]
-    row = {}
-    for name, g, rs in zip(GEMM_NAMES, exact, results):
-        for k, v in gemm_quality(g, rs).items():
-            row[f"{name}_{k}"] = v
-    row["operand_sqnr_db"] = sqnrs
-    row["score"] = max(row[f"{n}_rel_err"] for n in GEMM_NAMES)
-    return row
-
-
 def _average(rows: list) -> dict:
-    out = {}
-    for k, v in rows[0].items():
-        if isinstance(v, list):
-            out[k] = [sum(r[k][i] for r in rows) / len(rows) for i in range(len(v))]
-        else:
-            out[k] = sum(r[k] for r in rows) / len(rows)
-    return out
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
 @dataclass(frozen=True)
@@ -182,18 +145,7 @@ def plan(model: nn.Module, batches, recipe="nvfp4", budget: float = 0.15, loss_f
 
 
 def _loss(loss_fn, batch):
-    if loss_fn is not None:
-        return lambda out: loss_fn(out, batch)
-
-    def default(out):
-        loss = getattr(out, "loss", None)
-        if loss is None and isinstance(out, dict):
-            loss = out.get("loss")
-        if loss is not None:
-            return loss
-        t = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
-        return t.float().pow(2).mean()
-    return default
+    return default_loss if loss_fn is None else (lambda out: loss_fn(out, batch))
 
 
 def baseline_plan(reference: PrecisionPlan, names: list, kind: str, seed: int = 0) -> PrecisionPlan:

@@ -114,7 +114,7 @@ class PrecisionScheduler:
         """Set every layer's recipe to the phase of its counter."""
         for _, layer in self.layers:
             recipe = self.schedule.recipe_at(int(layer._buffers[STEP_BUFFER]))
-            if layer.recipe is not recipe and layer.recipe != recipe:
+            if layer.recipe != recipe:
                 layer.recipe = recipe
 
     @torch.no_grad()

@@ -153,8 +153,10 @@ def sweep(points: list, seeds: list, cfg: TrainConfig, out: Path, data=None, wor
                     records.append(f.result())
                     bar.update(1)
     tokens = 8192 if cost_at == "reference" else cfg.batch_size * cfg.model.seq_len
-    dead = {label(p): zero_gradient_layers(p, cfg, data) for p in points}
-    rows = summarize(points, records, seeds, linear_names(cfg), cost_at, tokens, machine, dead)
+    model_layers = linear_names(cfg)
+    names = [n for n, _, _ in model_layers]
+    dead = {label(p): zero_gradient_layers(p, cfg, data, names) for p in points}
+    rows = summarize(points, records, seeds, model_layers, cost_at, tokens, machine, dead)
     front = pareto_front([r for r in rows if not r["zero_gradient_layers"]])
     for r in rows:
         r["pareto"] = r["label"] in front
@@ -164,7 +166,7 @@ def sweep(points: list, seeds: list, cfg: TrainConfig, out: Path, data=None, wor
             "machine": dataclasses.asdict(machine)}
 
 
-def zero_gradient_layers(point: dict, cfg: TrainConfig, data=None) -> list:
+def zero_gradient_layers(point: dict, cfg: TrainConfig, data=None, names=None) -> list:
     """Converted layers whose weight gradient is exactly zero on a training batch at
     initialization: the recipe's quantizers flush the whole gradient (e.g. E4M3-scaled blocks
     without a tensor scale, whose smallest scale is larger than the gradients' blocks need).
@@ -174,7 +176,7 @@ def zero_gradient_layers(point: dict, cfg: TrainConfig, data=None) -> list:
     from .sources import build_model, keep_heads_high_precision
     from ..convert import convert_model, converted_modules
     torch.manual_seed(0)
-    names = [n for n, _, _ in linear_names(cfg)]
+    names = names if names is not None else [n for n, _, _ in linear_names(cfg)]
     model = convert_model(build_model(cfg.source, cfg.model), conversion(point, names),
                           module_filter_fn=keep_heads_high_precision)
     x, y = _corpus(data, cfg.source).batch("train", cfg.batch_size, cfg.model.seq_len,
