@@ -25,7 +25,8 @@ import torch
 
 from . import ops
 from .distributed import data_parallel_amax
-from .execution import kernels_for, note
+from .activation_operands import fused_x_operands, fusion_blocker
+from .execution import kernels_for, note, note_quantizer
 from .gemm import qgemm
 from .gemm_operands import as_gemm_operand
 from .library import fake_quantize_eager, fake_quantize_op, format_from_json, format_to_json
@@ -197,31 +198,52 @@ def wgrad_x_codes(x: torch.Tensor, out_f: int, rng, plan: LinearPlan, layer_seed
     return quantize_codes(x_w, plan.operands[5], rng, offsets[5], plan.backend)
 
 
-def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int):
+def _x_operands(x, rng, plan: LinearPlan, layer_seed: int, offsets, out_f: int, want_wgrad: bool):
+    """fprop's quantized X and, with ``want_wgrad``, wgrad's (else None): from one fused pass
+    when ``fusion_blocker`` allows (bit for bit the same codes), else quantized one by one."""
+    tokens, in_f = x.shape
+    if want_wgrad:
+        blocker = fusion_blocker(plan, tokens, in_f, x.device.type)
+        if blocker is None:
+            note_quantizer("X", "row_col_fused")
+            seeds = tuple(_hadamard_seed(layer_seed, i) if plan.hadamard[i][1] else None for i in (0, 2))
+            return fused_x_operands(x, plan, rng, offsets, seeds)
+        note_quantizer("X", f"two passes ({blocker})")
+    x_t = _transform(x, plan.hadamard[0], -1, layer_seed, 0, impls=plan.hadamard_impls)
+    qx = quantize_codes(x_t, plan.operands[0], rng, offsets[0], plan.backend)
+    return qx, (wgrad_x_codes(x, out_f, rng, plan, layer_seed) if want_wgrad else None)
+
+
+def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int, want_x_codes: bool = False):
     """(Y in x's dtype, X-estimator factor, W-estimator factor, fprop's quantized W kept for
-    dgrad); the last three are empty tensors when there is none."""
+    dgrad, wgrad's quantized X or None); the middle three are empty tensors when there is
+    none.  ``want_x_codes``: also return wgrad's quantized X (the kernel path saves it for
+    backward), made together with fprop's when the fprop GEMM runs on the kernel too."""
     tokens, in_f = x.shape
     out_f = weight.shape[0]
     offsets, _ = slot_offsets(tokens, in_f, out_f, plan)
     ops_, had, impls = plan.operands, plan.hadamard, plan.hadamard_impls
     none = x.new_empty(0, dtype=torch.float32)
-    x_t = _transform(x, had[0], -1, layer_seed, 0, impls=impls)
     w_t = _transform(weight, had[0], -1, layer_seed, 0, impls=impls)
+    q_xw = None
     if kernels_for(plan, x.device.type)[0].kernel == "fp4_qgemm":
-        qx = quantize_codes(x_t, ops_[0], rng, offsets[0], plan.backend)
+        qx, q_xw = _x_operands(x, rng, plan, layer_seed, offsets, out_f, want_x_codes)
         qw = quantize_codes(w_t, ops_[1], rng, offsets[1], plan.backend)
         y = _fp4_gemm("fprop", qx, qw, False, False)
         x_factor = w_factor = wq = None          # STE only; dgrad quantizes W again from its codes' recipe
     else:
         note("fprop", "fp32_matmul")
+        x_t = _transform(x, had[0], -1, layer_seed, 0, impls=impls)
         xq, x_factor = quantize_operand(x_t, ops_[0], rng, offsets[0], plan.estimator, plan.backend)
         wq, w_factor = quantize_operand(w_t, ops_[1], rng, offsets[1], plan.estimator, plan.backend)
         y = xq @ wq.t()
         wq = wq if plan.reuse_weight else None
     if bias is not None:
         y = y + bias.to(torch.float32)
+    if want_x_codes and q_xw is None:
+        q_xw = wgrad_x_codes(x, out_f, rng, plan, layer_seed)
     return (y.to(x.dtype), none if x_factor is None else x_factor, none if w_factor is None else w_factor,
-            none if wq is None else wq)
+            none if wq is None else wq, q_xw)
 
 
 def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan: LinearPlan, layer_seed: int,
@@ -288,7 +310,7 @@ def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan
 @torch.library.custom_op("lowprec::quant_linear_forward", mutates_args=())
 def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
                 plan_key: str, layer_seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _unaliased(_forward_math(x, weight, bias, rng, _PLANS[plan_key], layer_seed), (x, weight, bias))
+    return _unaliased(_forward_math(x, weight, bias, rng, _PLANS[plan_key], layer_seed)[:4], (x, weight, bias))
 
 
 def _unaliased(outputs, inputs):
@@ -342,19 +364,20 @@ class QuantLinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
                 plan: LinearPlan, layer_seed: int):
         compiling = torch.compiler.is_compiling()
+        # Backward needs X only for wgrad: on the kernel path keep its quantized operand (4-bit
+        # codes and scales, the same bits the backward would draw) instead of the fp32 activations.
+        keep_codes = (not compiling and ctx.needs_input_grad[1]
+                      and kernels_for(plan, x.device.type)[2].kernel == "fp4_qgemm")
         if compiling:
             y, x_factor, w_factor, wq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
         else:
-            y, x_factor, w_factor, wq = _forward_math(x, weight, bias, rng, plan, layer_seed)
+            y, x_factor, w_factor, wq, q = _forward_math(x, weight, bias, rng, plan, layer_seed, keep_codes)
         ctx.cfg = (plan, layer_seed, bias is not None)
         ctx.x_codes, ctx.x_meta = None, (x.shape, x.dtype)
         saved_x, codes = x, ()
         if not compiling and not ctx.needs_input_grad[1]:
             saved_x = None           # X only feeds wgrad: a frozen weight (PEFT's base) needs none
-        elif not compiling and kernels_for(plan, x.device.type)[2].kernel == "fp4_qgemm":
-            # Backward needs X only for wgrad: keep its quantized operand (4-bit codes and scales,
-            # the same bits the backward would draw) instead of the fp32 activations.
-            q = wgrad_x_codes(x, weight.shape[0], rng, plan, layer_seed)
+        elif keep_codes:
             ctx.x_codes = (q.fmt, q.shape, q.dtype, q.axis)
             saved_x = None
             codes = (q.codes, q.scales, q.tensor_scale if q.tensor_scale is not None else q.scales.new_empty(0))

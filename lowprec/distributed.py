@@ -38,3 +38,13 @@ def data_parallel_amax(x: torch.Tensor) -> Optional[torch.Tensor]:
         amax = amax.clone()
         dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=_GROUP)
     return amax
+
+
+def data_parallel_max(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of ``values`` over the data-parallel group (``values`` itself when no
+    process group is initialized): several tensor amaxes reduced in one all-reduce."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(_GROUP) > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=_GROUP)
+    return values

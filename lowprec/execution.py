@@ -122,4 +122,25 @@ def note(gemm: str, kernel: str) -> None:
         calls.append((gemm, kernel))
 
 
-__all__ = ["GEMMS", "KERNELS", "GemmKernel", "gemm_kernels", "kernels_for", "record_kernels"]
+_quantizer_recorders: list = []
+
+
+@contextmanager
+def record_quantizers():
+    """Collect (operand, how it was quantized) for the kernel path's fused quantizers inside
+    the block: ("X", "row_col_fused") when X's fprop and wgrad operands came from one pass,
+    ("X", "two passes (<why>)") otherwise."""
+    calls: list = []
+    _quantizer_recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        _quantizer_recorders.remove(calls)
+
+
+def note_quantizer(operand: str, how: str) -> None:
+    for calls in _quantizer_recorders:
+        calls.append((operand, how))
+
+
+__all__ = ["GEMMS", "KERNELS", "GemmKernel", "gemm_kernels", "kernels_for", "record_kernels", "record_quantizers"]

@@ -1,5 +1,6 @@
 """Registers the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1)."""
 
+import math
 import os
 from typing import Optional
 
@@ -173,27 +174,68 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
                       sr_clipping: bool = False):
     """One pass over X (R x C, both multiples of n): (Q(X M^T) with blocks along C,
     Q(M X) with blocks along R), M = H_n diag(s) (signs first, then mixing), s from ``hadamard_seed`` (all +1 if None).
-    With ``return_transformed`` also the kernel's fp32 X M^T and M X."""
+    With ``return_transformed`` also the kernel's X M^T and M X (in X's precision, held in fp32)."""
+    if n not in (16, 32, 64, 128):
+        raise ValueError("hadamard_quantize needs n in (16, 32, 64, 128), 1D blocks dividing n, and 8-bit scales")
+    return row_col_quantize(x, fmt, rounding, seed, offset_row, offset_col, (n, hadamard_seed), (n, hadamard_seed),
+                            return_transformed=return_transformed, sr_clipping=sr_clipping)
+
+
+FUSED_TILES = (16, 32, 64, 128)
+
+
+def row_col_tile(fmt, row_hadamard: int, col_hadamard: int) -> int:
+    """The square tile the fused row/column quantizer works on: the smallest that holds a
+    whole block and a whole Hadamard chunk on each side (at least 16)."""
+    return max(16, fmt.block_size, row_hadamard, col_hadamard)
+
+
+def row_col_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: int = 0, offset_row: int = 0,
+                     offset_col: int = 0, row_hadamard=(0, None), col_hadamard=(0, None), amax_reduce=None,
+                     return_transformed: bool = False, sr_clipping: bool = False):
+    """One read of X (R x C) for two quantized operands, bit for bit those of the reference:
+    Q(hadamard(X, h_r, axis=-1, seed=s_r)) blocked along C, and Q(hadamard(X, h_c, axis=0,
+    seed=s_c)) blocked along R (stored C x R); ``row_hadamard`` / ``col_hadamard`` are
+    (size, seed or None), size 0 for no transform.  ``amax_reduce``: a function applied to the
+    two tensor amaxes (a tensor of 2) before the tensor scales are encoded, e.g. a
+    data-parallel max.  R and C must be multiples of ``row_col_tile``."""
     fmt = check_quantize_call(x, fmt, rounding, seed, offset_row, "propagate", sr_clipping)
     check_uint64("offset_col", offset_col)
+    (h_r, seed_r), (h_c, seed_c) = row_hadamard, col_hadamard
+    for h in (h_r, h_c):
+        if h not in (0,) + FUSED_TILES:
+            raise ValueError(f"row_col_quantize takes Hadamard sizes 0, 16, 32, 64 or 128, got {h}")
+    if fmt.block_2d or fmt.scale.kind == "fp32" or fmt.block_size not in (8,) + FUSED_TILES:
+        raise ValueError("row_col_quantize needs 1D blocks of 8-128 elements and 8-bit scales")
+    n = row_col_tile(fmt, h_r, h_c)
+    if n % fmt.block_size:
+        raise ValueError(f"blocks of {fmt.block_size} do not divide the {n}-element tile")
     if x.dim() != 2 or x.shape[0] % n or x.shape[1] % n:
-        raise ValueError(f"hadamard_quantize takes a 2-D tensor whose dims are multiples of {n}, got {tuple(x.shape)}")
-    if n not in (16, 32, 64, 128) or n % fmt.block_size or fmt.block_2d or fmt.scale.kind == "fp32":
-        raise ValueError("hadamard_quantize needs n in (16, 32, 64, 128), 1D blocks dividing n, and 8-bit scales")
+        raise ValueError(f"row_col_quantize takes a 2-D tensor whose dims are multiples of {n}, got {tuple(x.shape)}")
     if rounding not in ROUNDING_IDS:
         raise ValueError(f"unknown rounding {rounding!r}")
     xf = (x if x.dtype in WIDENED_IN_KERNEL else x.to(torch.float32)).contiguous()
     R, C = xf.shape
-    s = random_signs(hadamard_seed, n, device=x.device) if hadamard_seed is not None else torch.ones(n, device=x.device)
-    m = (sylvester(n, device=x.device) @ torch.diag(s.double())).to(torch.float32).contiguous()
+    dev = x.device
+
+    def side(h, s):
+        if not h:
+            return torch.ones(1, device=dev), 1.0, 0
+        signs = random_signs(s, h, device=dev) if s is not None else torch.ones(h, device=dev)
+        norm = float(torch.tensor(1.0 / math.sqrt(h), dtype=torch.float32))   # the reference's fp32 factor
+        return signs.to(torch.float32).contiguous(), norm, h.bit_length() - 1
+
+    signs_r, norm_r, log_r = side(h_r, seed_r)
+    signs_c, norm_c, log_c = side(h_c, seed_c)
     ints, floats = format_params(fmt)
     packed = fmt.element.bits == 4
-    consts = dict(E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
+    in_dtype = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[xf.dtype]
+    consts = dict(N=n, H_ROW=h_r, LOG_H_ROW=log_r, H_COL=h_c, LOG_H_COL=log_c, IN_DTYPE=in_dtype,
+                  E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
                   ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13])
     grid = (R // n, C // n)
-    dev = x.device
     table = scale_table(fmt, dev)
     row_codes = torch.empty(R, C // 2 if packed else C, dtype=torch.uint8, device=dev)
     col_codes = torch.empty(C, R // 2 if packed else R, dtype=torch.uint8, device=dev)
@@ -201,18 +243,21 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
     col_scales = torch.empty(C, R // fmt.block_size, dtype=torch.uint8, device=dev)
     row_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
     col_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
+    common = (row_codes, row_scales, col_codes, col_scales, row_t, col_t, R, C, norm_r, norm_c)
     s_row = s_col = torch.ones((), dtype=torch.float32, device=dev)
     if fmt.tensor_scale:
         amax = torch.empty(2 * grid[0] * grid[1], dtype=torch.float32, device=dev)
-        hadamard_quantize_kernel[grid](xf, m, table, amax, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
-                                       R, C, 1.0, 1.0, seed, offset_row, offset_col, N=n, BS=fmt.block_size, PASS=0,
-                                       WRITE_T=False, enable_fp_fusion=False, **consts)
-        am = amax.reshape(-1, 2)
-        s_row = tensor_encode_scale(am[:, 0].max(), fmt)     # tile amaxes over finite values only
-        s_col = tensor_encode_scale(am[:, 1].max(), fmt)
-    hadamard_quantize_kernel[grid](xf, m, table, xf, row_codes, row_scales, col_codes, col_scales, row_t, col_t,
-                                   R, C, float(s_row), float(s_col), seed, offset_row, offset_col, N=n,
-                                   BS=fmt.block_size, PASS=1, WRITE_T=return_transformed, enable_fp_fusion=False, **consts)
+        hadamard_quantize_kernel[grid](xf, signs_r, signs_c, table, amax, *common, 1.0, 1.0, seed, offset_row,
+                                       offset_col, BS=fmt.block_size, PASS=0, WRITE_T=False, enable_fp_fusion=False,
+                                       **consts)
+        am = amax.reshape(-1, 2).amax(0)          # tile amaxes over finite values only
+        if amax_reduce is not None:
+            am = amax_reduce(am)
+        s_row = tensor_encode_scale(am[0], fmt)
+        s_col = tensor_encode_scale(am[1], fmt)
+    hadamard_quantize_kernel[grid](xf, signs_r, signs_c, table, xf, *common, float(s_row), float(s_col), seed,
+                                   offset_row, offset_col, BS=fmt.block_size, PASS=1, WRITE_T=return_transformed,
+                                   enable_fp_fusion=False, **consts)
     q_row = QuantizedTensor(row_codes, row_scales,
                             s_row if fmt.tensor_scale else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
     q_col = QuantizedTensor(col_codes, col_scales,
@@ -223,6 +268,7 @@ def hadamard_quantize(x: torch.Tensor, n: int, fmt="nvfp4", rounding: str = "nea
 
 
 ops.register("hadamard_quantize", "triton")(hadamard_quantize)
+ops.register("row_col_quantize", "triton")(row_col_quantize)
 
 
 from ..triton.sparsity import _compress_24_kernel, _nm_mask_kernel  # noqa: E402

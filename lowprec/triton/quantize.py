@@ -269,10 +269,27 @@ def _dequant_kernel(codes_ptr, scales_ptr, scale_table_ptr, elem_table_ptr, out_
     v = tl.load(elem_table_ptr + c, mask=mask, other=0.0)
     out = v * s[:, None]
     if OUT_BF16:
-        # round to nearest even on the bit pattern (the interpreter's fp32 -> bf16 cast truncates
-        # or rounds half up): add 0x7FFF plus the lowest kept bit, keep the top 16 bits; NaN stays NaN
-        b = out.to(tl.uint32, bitcast=True)
-        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        r = tl.where(out != out, (b >> 16) | 0x40, r)
-        out = r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = to_bf16_rne(out)
     tl.store(out_ptr + idx, out, mask=mask)
+
+
+@triton.jit
+def to_bf16_rne(x):
+    """fp32 -> bf16, round to nearest even on the bit pattern (as torch's .to(); the
+    interpreter's cast truncates or rounds half up): add 0x7FFF plus the lowest kept bit, keep
+    the top 16 bits; NaN stays NaN."""
+    b = x.to(tl.uint32, bitcast=True)
+    r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    r = tl.where(x != x, (b >> 16) | 0x40, r)
+    return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def round_to_input_dtype(x, IN_DTYPE: tl.constexpr):
+    """fp32 values rounded to the input's dtype and widened back (IN_DTYPE 0 fp32: unchanged,
+    1 bf16, 2 fp16): what a transform that returns its input's dtype hands on."""
+    if IN_DTYPE == 1:
+        x = to_bf16_rne(x).to(tl.float32)
+    elif IN_DTYPE == 2:
+        x = x.to(tl.float16).to(tl.float32)
+    return x

@@ -19,7 +19,7 @@ from torch import nn
 import lowprec
 from lowprec import ops
 from lowprec.autograd import _padded_tokens, _transform, plan_for, quantize_operand, slot_offsets
-from lowprec.execution import gemm_kernels, record_kernels
+from lowprec.execution import gemm_kernels, record_kernels, record_quantizers
 from lowprec.formats import get_format
 from lowprec.gemm_operands import as_gemm_operand
 
@@ -126,10 +126,10 @@ def test_kernel_path_three_dim_inputs_and_frozen_weight():
     check_kernel_path_matches_simulator("nvfp4", "cpu", "kernels", frozen=True)
 
 
-def check_saved_operand_is_the_reference_quantization(device, mode):
+def check_saved_operand_is_the_reference_quantization(device, mode, tokens=40):
     recipe = lowprec.recipes.get("nvfp4", gemm_backend=mode)
     layer = _model(recipe, device=device)[0]
-    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(3)).to(device)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(3)).to(device)
     rng_before = torch.stack((torch.tensor(layer.seed), layer.sr_offset.clone().cpu()))
     y = layer(x)
     saved = y.grad_fn.saved_tensors
@@ -139,8 +139,8 @@ def check_saved_operand_is_the_reference_quantization(device, mode):
     assert codes.numel() + scales.numel() < x.numel() * 4 / 5     # under a fifth of X's fp32 bytes (tokens padded 40 -> 48)
     # the same operand through the reference: Q(T_w^T X), tokens padded, the slot's Philox bits
     plan = plan_for(recipe.replace(backend="reference", hadamard_backend="reference", gemm_backend="simulate"))
-    offsets, _ = slot_offsets(40, 64, 96, plan)
-    x_pad = torch.nn.functional.pad(x, (0, 0, 0, _padded_tokens(40, plan.hadamard[2][0]) - 40))
+    offsets, _ = slot_offsets(tokens, 64, 96, plan)
+    x_pad = torch.nn.functional.pad(x, (0, 0, 0, _padded_tokens(tokens, plan.hadamard[2][0]) - tokens))
     x_w = _transform(x_pad.cpu(), plan.hadamard[2], 0, layer.seed, 2)
     want, _ = quantize_operand(x_w, plan.operands[5], rng_before, offsets[5], "ste", "reference")
     fmt, shape, dtype, axis = y.grad_fn.x_codes[:4]
@@ -149,8 +149,50 @@ def check_saved_operand_is_the_reference_quantization(device, mode):
 
 
 @needs_triton
-def test_saved_wgrad_operand_is_the_reference_quantization():
-    check_saved_operand_is_the_reference_quantization("cpu", "kernels")
+@pytest.mark.parametrize("tokens", [40, 64])     # 40: X quantized twice (tokens padded); 64: one fused pass
+def test_saved_wgrad_operand_is_the_reference_quantization(tokens):
+    with record_quantizers() as how:
+        check_saved_operand_is_the_reference_quantization("cpu", "kernels", tokens)
+    assert how == [("X", "row_col_fused" if tokens == 64 else
+                    "two passes (40 tokens x 64 features are not multiples of the 16-element tile)")]
+
+
+@needs_triton
+@pytest.mark.parametrize("name", FP4_RECIPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_x_quantizer_is_bit_exact_in_training(name, dtype):
+    """With 64 tokens the forward pass quantizes X once for fprop and wgrad (recorded). The
+    outputs and all gradients are bit for bit those of quantizing X twice (backend='cpp'
+    takes the two-pass path with the same codes), since the operands are the same codes."""
+    x = torch.randn(2, 32, 64, generator=torch.Generator().manual_seed(5)).to(dtype)
+    runs = {}
+    for backend in ("auto", "cpp"):
+        with record_quantizers() as how:
+            y, grads, calls = _run(lowprec.recipes.get(name, gemm_backend="kernels", backend=backend), x)
+        runs[backend] = (y, grads, how)
+        assert {k for _, k in calls} == {"fp4_qgemm"}
+    assert runs["auto"][2] == [("X", "row_col_fused")] * 2                # both layers
+    assert len(runs["cpp"][2]) == 2 and all(h.startswith("two passes (backend='cpp'") for _, h in runs["cpp"][2])
+    (y_f, g_f, _), (y_2, g_2, _) = runs["auto"], runs["cpp"]
+    assert torch.equal(y_f, y_2) and not torch.equal(y_f, torch.zeros_like(y_f))
+    for a, b in zip(g_f, g_2):
+        assert torch.equal(a, b)
+
+
+def test_fusion_blocker_reasons():
+    from lowprec.activation_operands import fusion_blocker
+    plan = plan_for(lowprec.recipes.get("nvfp4", gemm_backend="kernels"))
+    if TRITON:
+        assert fusion_blocker(plan, 64, 64, "cpu") is None
+    assert "not multiples of the 16-element tile" in fusion_blocker(plan, 40, 64, "cpu")
+    zero_x = lowprec.recipes.get("nvfp4").replace(**{"wgrad.rhs.rounding": "zero"})
+    assert fusion_blocker(plan_for(zero_x), 64, 64, "cpu") == "fprop and wgrad round X differently"
+    sr_x = lowprec.recipes.get("nvfp4").replace(**{"wgrad.rhs.rounding": "stochastic"})   # its scales round up
+    assert fusion_blocker(plan_for(sr_x), 64, 64, "cpu") == "fprop and wgrad quantize X to different formats"
+    h8 = lowprec.recipes.get("nvfp4").replace(**{"wgrad.hadamard": 256})
+    assert "Hadamard sizes 0 (fprop) and 256 (wgrad)" in fusion_blocker(plan_for(h8), 512, 512, "cpu")
+    assert "backend='reference'" in fusion_blocker(plan_for(lowprec.recipes.get("nvfp4", backend="reference")),
+                                                   64, 64, "cpu")
 
 
 @pytest.mark.gpu

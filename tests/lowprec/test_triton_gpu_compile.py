@@ -84,6 +84,10 @@ def workload():
     hq = ops.resolve("hadamard_quantize", "triton")
     hq(x.to(torch.bfloat16), 32, "nvfp4", "stochastic", seed=2, hadamard_seed=3)
     hq(x, 32, "mxfp8", "nearest")
+    rc = ops.resolve("row_col_quantize", "triton")
+    rc(x.to(torch.bfloat16), "nvfp4", "nearest", row_hadamard=(0, None), col_hadamard=(16, 3))   # the nvfp4 layer's X
+    rc(x, "ue5m3", "stochastic", seed=1, row_hadamard=(16, 2), col_hadamard=(16, 3))
+    rc(x[:, :64], "mxfp4", "nearest", row_hadamard=(32, None), col_hadamard=(64, 1))
     for fmt in ("mxfp4", "nvfp4"):
         lowprec.qgemm(lowprec.quantize(x, fmt), lowprec.quantize(x[:32], fmt), backend="triton")
     ops.resolve("nm_mask", "triton")(x.abs())
