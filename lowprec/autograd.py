@@ -32,6 +32,7 @@ from .gemm_operands import as_gemm_operand
 from .library import fake_quantize_eager, fake_quantize_op, format_from_json, format_to_json
 from .tensor import QuantizedTensor
 from .recipe import OperandConfig, Recipe
+from .scaled_mm_gemm import scaled_mm_qgemm, verified
 from .reference.hadamard import hadamard_transform
 
 SLOTS = ("fprop.lhs", "fprop.rhs", "dgrad.lhs", "dgrad.rhs", "wgrad.lhs", "wgrad.rhs")
@@ -176,11 +177,17 @@ def quantize_codes(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_of
               sr_clipping=op.sr_clipping)
 
 
-def _fp4_gemm(gemm: str, a, b, a_t: bool, b_t: bool) -> torch.Tensor:
-    """fp32 dequantize(A) @ dequantize(B)^T on the FP4 kernel; ``a_t`` / ``b_t``: the operand is
-    the transpose of the quantized matrix (blocks along its axis 0)."""
+def _fp4_gemm(gemm: str, a, b, a_t: bool, b_t: bool, kernel: str = "fp4_qgemm") -> torch.Tensor:
+    """fp32 dequantize(A) @ dequantize(B)^T on the GEMM's quantized kernel; ``a_t`` / ``b_t``:
+    the operand is the transpose of the quantized matrix (blocks along its axis 0).  The
+    ``scaled_mm`` kernel runs once its first-use check on this device and format passed
+    (``scaled_mm_gemm.verified``; it warns when it fails), else the Triton FP4 GEMM."""
+    ga, gb = as_gemm_operand(a, a_t), as_gemm_operand(b, b_t)
+    if kernel == "scaled_mm" and verified(ga.fmt, ga.device):
+        note(gemm, "scaled_mm")
+        return scaled_mm_qgemm(ga, gb)
     note(gemm, "fp4_qgemm")
-    return qgemm(as_gemm_operand(a, a_t), as_gemm_operand(b, b_t), backend="triton")
+    return qgemm(ga, gb, backend="triton")
 
 
 def _wgrad_padded(t: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
@@ -226,10 +233,10 @@ def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int, want_
     none = x.new_empty(0, dtype=torch.float32)
     w_t = _transform(weight, had[0], -1, layer_seed, 0, impls=impls)
     q_xw = None
-    if kernels_for(plan, x.device.type)[0].kernel == "fp4_qgemm":
+    if kernels_for(plan, x.device.type)[0].quantized:
         qx, q_xw = _x_operands(x, rng, plan, layer_seed, offsets, out_f, want_x_codes)
         qw = quantize_codes(w_t, ops_[1], rng, offsets[1], plan.backend)
-        y = _fp4_gemm("fprop", qx, qw, False, False)
+        y = _fp4_gemm("fprop", qx, qw, False, False, kernels_for(plan, x.device.type)[0].kernel)
         x_factor = w_factor = wq = None          # STE only; dgrad quantizes W again from its codes' recipe
     else:
         note("fprop", "fp32_matmul")
@@ -263,11 +270,11 @@ def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan
 
     if need_x:
         dy_t = _transform(dy, had[1], -1, layer_seed, 1, impls=impls)
-        if kernels[1].kernel == "fp4_qgemm":
+        if kernels[1].quantized:
             qdy = quantize_codes(dy_t, ops_[2], rng, offsets[2], backend)
             qw = quantize_codes(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng, offsets[3],
                                 backend)
-            grad_x = _fp4_gemm("dgrad", qdy, qw, False, True)
+            grad_x = _fp4_gemm("dgrad", qdy, qw, False, True, kernels[1].kernel)
         else:
             note("dgrad", "fp32_matmul")
             dyq, _ = quantize_operand(dy_t, ops_[2], rng, offsets[2], "ste", backend)
@@ -283,10 +290,10 @@ def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan
 
     if need_w:
         dy_w = _transform(_wgrad_padded(dy, plan), had[2], 0, layer_seed, 2, impls=impls)
-        if kernels[2].kernel == "fp4_qgemm":
+        if kernels[2].quantized:
             qdy = quantize_codes(dy_w, ops_[4], rng, offsets[4], backend)
             qx = x_w_codes if x_w_codes is not None else wgrad_x_codes(x, out_f, rng, plan, layer_seed)
-            grad_w = _fp4_gemm("wgrad", qdy, qx, True, True)
+            grad_w = _fp4_gemm("wgrad", qdy, qx, True, True, kernels[2].kernel)
         else:
             note("wgrad", "fp32_matmul")
             dyq, _ = quantize_operand(dy_w, ops_[4], rng, offsets[4], "ste", backend)
@@ -336,7 +343,7 @@ def _(x, weight, bias, rng, plan_key, layer_seed):
     f32 = torch.float32
     x_factor = x.new_empty(x.shape if factors and plan.operands[0].kind == "quant" else (0,), dtype=f32)
     w_factor = x.new_empty(weight.shape if factors and plan.operands[1].kind == "quant" else (0,), dtype=f32)
-    reuse = plan.reuse_weight and kernels_for(plan, x.device.type)[0].kernel != "fp4_qgemm"  # as _forward_math
+    reuse = plan.reuse_weight and not kernels_for(plan, x.device.type)[0].quantized  # as _forward_math
     wq = x.new_empty(weight.shape if reuse else (0,), dtype=f32)
     return x.new_empty((x.shape[0], weight.shape[0])), x_factor, w_factor, wq
 
@@ -367,7 +374,7 @@ class QuantLinearFunction(torch.autograd.Function):
         # Backward needs X only for wgrad: on the kernel path keep its quantized operand (4-bit
         # codes and scales, the same bits the backward would draw) instead of the fp32 activations.
         keep_codes = (not compiling and ctx.needs_input_grad[1]
-                      and kernels_for(plan, x.device.type)[2].kernel == "fp4_qgemm")
+                      and kernels_for(plan, x.device.type)[2].quantized)
         if compiling:
             y, x_factor, w_factor, wq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
         else:

@@ -1,6 +1,6 @@
 """Which kernel computes each GEMM of a quantized linear layer (fprop, dgrad, wgrad).
 
-Two kernels:
+Three kernels:
 
 - ``fp32_matmul``: the simulator's GEMM, the fp32 matmul of the fake-quantized operands
   (dequantized values in fp32). It defines the numerics and runs anywhere.
@@ -9,6 +9,11 @@ Two kernels:
   tensor scales applied once in the epilogue. Its result is the same product summed in
   another order: within the quantized-GEMM bound of the reference (docs/numerics.md), while
   the quantized operands themselves are bit for bit the reference's.
+- ``scaled_mm``: the same product on PyTorch's native block-scaled FP4 matmul
+  (``torch.nn.functional.scaled_mm``, ``lowprec.scaled_mm_gemm``), chosen instead of
+  ``fp4_qgemm`` on GPUs of compute capability 10.0 and newer for MXFP4 and NVFP4 operands
+  (E8M0 or UE4M3 scales); its first use per device and format is checked against
+  ``fp4_qgemm`` and, if that check fails, the GEMM runs on ``fp4_qgemm`` with a warning.
 
 ``Recipe.gemm_backend`` picks: ``"auto"`` runs ``fp4_qgemm`` for every GEMM whose operands
 allow it when the layer's tensors are on CUDA and ``fp32_matmul`` on a CPU; ``"simulate"``
@@ -32,12 +37,17 @@ from functools import lru_cache
 from typing import NamedTuple, Optional
 
 GEMMS = ("fprop", "dgrad", "wgrad")
-KERNELS = ("fp32_matmul", "fp4_qgemm")
+KERNELS = ("fp32_matmul", "fp4_qgemm", "scaled_mm")
 
 
 class GemmKernel(NamedTuple):
     kernel: str        # one of KERNELS
-    reason: str        # why this kernel (why not the other)
+    reason: str        # why this kernel (why not the others)
+
+    @property
+    def quantized(self) -> bool:
+        """The GEMM reads quantized codes and scales (the kernel path), not fake-quantized fp32."""
+        return self.kernel != "fp32_matmul"
 
 
 def _fp4_blocker(lhs, rhs, gemm: str, estimator: str) -> Optional[str]:
@@ -61,8 +71,18 @@ def _fp4_blocker(lhs, rhs, gemm: str, estimator: str) -> Optional[str]:
     return None
 
 
+def _quantized_kernel(lhs, rhs, capability) -> GemmKernel:
+    """fp4_qgemm, or scaled_mm where the GPU's tensor cores and torch take these formats."""
+    from .library import format_from_json
+    from .scaled_mm_gemm import scaled_mm_blocker
+    why = scaled_mm_blocker(format_from_json(lhs.fmt_json), format_from_json(rhs.fmt_json), capability)
+    if why is None:
+        return GemmKernel("scaled_mm", "E2M1 operands with MX/NVFP4 block scales on block-scaled tensor cores")
+    return GemmKernel("fp4_qgemm", f"E2M1 operands with 8-bit block scales (not scaled_mm: {why})")
+
+
 @lru_cache(maxsize=None)
-def _kernels(plan, device_type: str) -> tuple:
+def _kernels(plan, device_type: str, capability) -> tuple:
     mode = plan.gemm_backend
     pairs = (plan.operands[0:2], plan.operands[2:4], plan.operands[4:6])
     out, fallbacks = [], []
@@ -75,7 +95,7 @@ def _kernels(plan, device_type: str) -> tuple:
             continue
         blocker = _fp4_blocker(lhs, rhs, gemm, plan.estimator)
         if blocker is None:
-            out.append(GemmKernel("fp4_qgemm", "E2M1 operands with 8-bit block scales"))
+            out.append(_quantized_kernel(lhs, rhs, capability if device_type == "cuda" else None))
         elif mode == "kernels":
             raise ValueError(f"gemm_backend='kernels': {gemm} cannot run on the FP4 GEMM: {blocker}")
         else:
@@ -89,7 +109,13 @@ def _kernels(plan, device_type: str) -> tuple:
 
 def kernels_for(plan, device_type: str) -> tuple:
     """(fprop, dgrad, wgrad) GemmKernel for a LinearPlan on a device type (cached)."""
-    return _kernels(plan, device_type)
+    return _kernels(plan, device_type, _capability() if device_type == "cuda" else None)
+
+
+@lru_cache(maxsize=None)
+def _capability():
+    from .scaled_mm_gemm import cuda_capability
+    return cuda_capability()
 
 
 def gemm_kernels(recipe, device="cpu") -> dict:

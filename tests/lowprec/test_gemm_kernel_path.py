@@ -101,12 +101,12 @@ def _close(a, b):
 
 
 def check_kernel_path_matches_simulator(name, device, mode, shape=(40, 64), frozen=False, fprop="fp4_qgemm",
-                                        **overrides):
+                                        backward="fp4_qgemm", **overrides):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).to(device)
     y_s, g_s, calls_s = _run(lowprec.recipes.get(name, gemm_backend="simulate", **overrides), x, frozen)
     y_k, g_k, calls_k = _run(lowprec.recipes.get(name, gemm_backend=mode, **overrides), x, frozen)
     assert set(calls_s) == {("fprop", "fp32_matmul"), ("dgrad", "fp32_matmul"), ("wgrad", "fp32_matmul")}
-    assert set(calls_k) == {("fprop", fprop), ("dgrad", "fp4_qgemm"), ("wgrad", "fp4_qgemm")}
+    assert set(calls_k) == {("fprop", fprop), ("dgrad", backward), ("wgrad", backward)}
     assert len(calls_k) == len(calls_s)
     assert not torch.equal(y_s, torch.zeros_like(y_s))
     assert _close(y_k, y_s), (y_k - y_s).abs().max()
@@ -195,12 +195,18 @@ def test_fusion_blocker_reasons():
                                                    64, 64, "cpu")
 
 
+def _cuda_kernel(name):
+    """The quantized kernel a recipe's GEMMs get on this GPU (scaled_mm on sm_100+ for MXFP4/NVFP4)."""
+    return gemm_kernels(name, "cuda")["dgrad"].kernel
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", FP4_RECIPES)
 def test_kernel_path_on_gpu(name):
     """On CUDA the default gemm_backend ("auto") takes the kernel path."""
-    check_kernel_path_matches_simulator(name, "cuda", "auto")
-    check_kernel_path_matches_simulator(name, "cuda", "auto", shape=(3, 8, 64), frozen=True)
+    k = _cuda_kernel(name)
+    check_kernel_path_matches_simulator(name, "cuda", "auto", fprop=k, backward=k)
+    check_kernel_path_matches_simulator(name, "cuda", "auto", shape=(3, 8, 64), frozen=True, fprop=k, backward=k)
 
 
 @pytest.mark.gpu
@@ -208,7 +214,8 @@ def test_kernel_path_with_a_forward_estimator_on_gpu():
     """clipped_ste keeps fprop on the fp32 matmul (warned); dgrad and wgrad take the kernel,
     and dgrad applies the saved estimator factor."""
     with pytest.warns(UserWarning, match="clipped_ste"):
-        check_kernel_path_matches_simulator("nvfp4", "cuda", "auto", fprop="fp32_matmul", estimator="clipped_ste")
+        check_kernel_path_matches_simulator("nvfp4", "cuda", "auto", fprop="fp32_matmul", backward=_cuda_kernel("nvfp4"),
+                                            estimator="clipped_ste")
 
 
 @pytest.mark.gpu
