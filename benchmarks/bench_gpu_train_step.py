@@ -63,10 +63,10 @@ def step_fn(model, x):
 
 
 def bench_model(name, model, x, device, repeats):
-    from lowprec.execution import record_kernels
+    from lowprec.execution import record_kernels, record_quantizers
     step = step_fn(model, x)
     step()                                         # compile / autotune outside the timing
-    with record_kernels() as calls:
+    with record_kernels() as calls, record_quantizers() as quantizers:
         step()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -74,7 +74,9 @@ def bench_model(name, model, x, device, repeats):
     t = time_fn(step, repeats=repeats, warmup=1, device=device)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None
     kernels = sorted({k for _, k in calls}) or ["torch (nn.Linear)"]
-    return dict(model=name, step_ms=t["median_s"] * 1e3, peak_MiB=peak, kernels="+".join(kernels))
+    x_paths = sorted({h for _, h in quantizers})
+    return dict(model=name, step_ms=t["median_s"] * 1e3, peak_MiB=peak, kernels="+".join(kernels),
+                x_quantizer="; ".join(x_paths) or "-")
 
 
 def gemm_split(recipe, width, tokens, device, repeats):
@@ -136,7 +138,7 @@ def main(argv=None):
     print("per-GEMM split (fprop of one width x width layer):")
     for r in split_rows:
         print(f"  {r['recipe']:>8} width {r['width']:>5}  {r['part']:<20} {r['median_ms']:.3f} ms")
-    return finish("gpu_train_step", step_rows, ["model", "width", "step_ms", "vs_bf16", "peak_MiB", "kernels"],
+    return finish("gpu_train_step", step_rows, ["model", "width", "step_ms", "vs_bf16", "peak_MiB", "kernels", "x_quantizer"],
                   device, {"target": "converted step <= 1.1x the bf16 step (MXFP4 / NVFP4 recipes)"},
                   gemm_split=split_rows, layers=args.layers, tokens=args.tokens)
 

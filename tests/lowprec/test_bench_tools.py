@@ -125,5 +125,6 @@ def test_gpu_train_step_script_smoke(tmp_path, monkeypatch):
                     "--tokens", "32", "--recipes", "nvfp4", "--gemm-backend", "kernels")
     rows = {r["model"]: r for r in out["rows"]}
     assert rows["nvfp4"]["kernels"] == "fp4_qgemm" and rows["bf16 nn.Linear"]["vs_bf16"] == 1.0
+    assert rows["nvfp4"]["x_quantizer"] == "row_col_fused"          # 32 tokens x 64: one pass over X
     assert {r["part"] for r in out["gemm_split"]} >= {"quantize X", "quantize W", "fp4 gemm"}
     assert out["smoke_run"]
