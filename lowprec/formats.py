@@ -250,6 +250,10 @@ def scale_format(name_or_fmt: Union[str, ScaleFormat]) -> ScaleFormat:
         raise ValueError(f"unknown scale format {name_or_fmt!r}; known: {sorted(_SCALES)}") from None
 
 
+FOUR_OVER_SIX_MODES = ("off", "mse", "mae")
+FOUR_OVER_SIX_ALT = 4.0      # the second block-max target of Four Over Six (the first is E2M1's max, 6)
+
+
 @dataclass(frozen=True)
 class QuantFormat:
     """Block-scaled format: elements, scales, and how blocks are cut.
@@ -266,6 +270,13 @@ class QuantFormat:
     Engine compute: scale_hp = amax * (S_enc * fp32(1 / elem_max)), s_eff = decode * fp32(1 /
     S_enc), x * min(fp32(1 / s_eff), fp32 max). The two differ only near rounding ties; with
     power-of-two scales and no tensor scale (MX formats) they are identical.
+    ``four_over_six`` (Four Over Six, adaptive block scaling; E2M1 elements with minifloat
+    scales): each block takes the better of two scales, the one mapping its amax to 6 (the
+    element max) and the one mapping it to 4. "Better" is the lower round-to-nearest error of
+    the dequantized block: the sum of squared ("mse") or absolute ("mae") errors, summed as a
+    pairwise tree in fp32 (``reference.scales.four_over_six_codes``). Ties keep 6. The tensor
+    scale maps the tensor amax to scale_max * 4 instead of scale_max * 6, so that neither
+    candidate's scale overflows.
     """
 
     element: ElementFormat = E2M1
@@ -278,6 +289,7 @@ class QuantFormat:
     scale_rounding: Literal["nearest", "up"] = "nearest"
     name: str = ""
     division: Literal["ieee", "reciprocal"] = "ieee"
+    four_over_six: Literal["off", "mse", "mae"] = "off"
 
     def __post_init__(self):
         object.__setattr__(self, "element", element_format(self.element))
@@ -306,6 +318,17 @@ class QuantFormat:
                              f"whose range needs no second level")
         if self.block_2d and self.axis not in (-1,):
             raise ValueError("2D blocks tile the last two dimensions; leave axis=-1")
+        if self.four_over_six not in FOUR_OVER_SIX_MODES:
+            raise ValueError(f"four_over_six must be one of {FOUR_OVER_SIX_MODES}, got {self.four_over_six!r}")
+        if self.four_over_six != "off" and (self.element.name != "e2m1" or self.scale.kind != "minifloat"):
+            raise ValueError("four_over_six chooses between the E2M1 grid points 6 and 4 with a minifloat block "
+                             f"scale; this format has {self.element.name} elements and {self.scale.name} scales")
+
+    @property
+    def scale_target(self) -> float:
+        """The element value the tensor scale maps the tensor amax to (per block, the amax
+        maps to the element max, or with Four Over Six to 6 or 4)."""
+        return FOUR_OVER_SIX_ALT if self.four_over_six != "off" else self.element.max
 
     def to_dict(self) -> dict:
         """JSON-ready description; ``QuantFormat.from_dict`` inverts it exactly."""
@@ -314,6 +337,8 @@ class QuantFormat:
         d["scale"] = self.scale.name
         if self.scale.convention and self.scale.convention != "nan_ff":
             d["scale_convention"] = self.scale.convention
+        if self.four_over_six == "off":
+            del d["four_over_six"]          # formats without it keep the JSON they always had
         return d
 
     @classmethod
@@ -345,7 +370,8 @@ class QuantFormat:
         blocks = f"{self.block_size}x{self.block_size}" if self.block_2d else f"1x{self.block_size}"
         return (f"{self.element.name}/{self.scale!r}/{blocks}/{self.scale_rule}"
                 + ("/up" if self.scale_rounding == "up" else "") + ("+tensor" if self.tensor_scale else "")
-                + ("+rcp" if self.division == "reciprocal" else ""))
+                + ("+rcp" if self.division == "reciprocal" else "")
+                + (f"+4/6({self.four_over_six})" if self.four_over_six != "off" else ""))
 
 
 MXFP4 = QuantFormat(E2M1, E8M0, 32, scale_rule="floor", name="mxfp4")

@@ -255,6 +255,18 @@ def _nvfp4() -> Recipe:
                   GemmConfig(grad, act, hadamard=16, hadamard_random=True))
 
 
+def _nvfp4_4over6() -> Recipe:
+    """NVIDIA's NVFP4 recipe with Four Over Six on every operand: each 1x16 block (16x16
+    weight tile) takes the UE4M3 scale that maps its amax to 6 or the one that maps it to 4,
+    whichever has the lower round-to-nearest squared error (``QuantFormat.four_over_six``).
+    The tensor scales map the amaxes to 448 * 4, so that neither choice overflows."""
+    w2d = _op("nvfp4", block_2d=True, four_over_six="mse")
+    act = _op("nvfp4", four_over_six="mse")
+    grad = _op("nvfp4", "stochastic", four_over_six="mse")
+    return Recipe("nvfp4_4over6", GemmConfig(act, w2d), GemmConfig(grad, w2d),
+                  GemmConfig(grad, act, hadamard=16, hadamard_random=True))
+
+
 def _ue5m3() -> Recipe:
     """The seed study's trade-off: UE5M3 block-16 scales with a tensor scale, random
     Hadamard-16 on every GEMM, stochastic rounding on gradients (block scales rounded up, so
@@ -284,6 +296,7 @@ PRESETS = {
     "mxfp8": _uniform("mxfp8", "mxfp8"),
     "mxfp4": _uniform("mxfp4", "mxfp4"),
     "nvfp4": _nvfp4(),
+    "nvfp4_4over6": _nvfp4_4over6(),
     "ue5m3": _ue5m3(),
     # inference: W4A16 (weight-only) and W4A4
     "nvfp4_weight_only": _inference("nvfp4_weight_only", "nvfp4", activations=False),
@@ -291,13 +304,13 @@ PRESETS = {
     "mxfp4_weight_only": _inference("mxfp4_weight_only", "mxfp4", activations=False),
     "mxfp4_w4a4": _inference("mxfp4_w4a4", "mxfp4", activations=True),
 }
-TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
+TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "nvfp4_4over6", "ue5m3")
 INFERENCE_PRESETS = ("nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4")
 
 
 def get(name: Union[str, Recipe], **overrides) -> Recipe:
     """A named recipe, with optional overrides: for training "bf16", "mxfp8", "mxfp4", "nvfp4",
-    "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
+    "nvfp4_4over6", "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
     if isinstance(name, Recipe):
         r = name
     else:

@@ -56,9 +56,15 @@ struct Scratch {
   std::vector<float> group_amax, group_s, group_inv;
   std::vector<const float*> rows;
   std::vector<uint8_t> codes, rand;
+  std::vector<float> block, work;   // Four Over Six: one block's elements in block order, its error tree
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach) {}
+        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(pow2_at_least(g.bm * g.gw)) {}
+  static int64_t pow2_at_least(int64_t n) {
+    int64_t w = 1;
+    while (w < n) w *= 2;
+    return w;
+  }
 };
 
 LOWPREC_INLINE float bf16_value(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
@@ -163,6 +169,26 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
   for (; q < n_groups; ++q) gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
 }
 
+// Four Over Six over the panel's column groups (formats.h, four_over_six): each block's
+// elements gathered in the reference's block order (rows: along the row; cols: down the
+// column; tiles: row-major in the tile; padding is zero), its scale code and s_eff replaced
+// where the amax -> 4 scale has the lower round-to-nearest error.
+LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t n_groups,
+                                         std::pair<int64_t, int64_t> slot) {
+  const int64_t bm = j.g.bm, gw = j.g.gw;
+  float* blk = sc.block.data();
+  for (int64_t q = 0; q < n_groups; ++q) {
+    for (int64_t i = 0; i < bm; ++i)
+      for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
+    const int64_t at = slot.first + q * slot.second;
+    uint32_t code = j.scale_codes ? j.scale_codes[at] : scale_code(sc.group_amax[q], j.fmt, j.s_enc);
+    float s = sc.group_s[q];
+    four_over_six(blk, bm * gw, sc.group_amax[q], j.fmt, j.s_enc, j.scale_table, &code, &s, sc.work.data());
+    sc.group_s[q] = s;
+    if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code);
+  }
+}
+
 // Column amaxes over the panel's rows, then one scale per column group, spread over its columns.
 LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int64_t pm, int64_t m0, int64_t n0,
                          int64_t width) {
@@ -208,6 +234,7 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     gamax[q] = bits_to_float(static_cast<uint32_t>(amax_bits));
   }
   block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  if (j.fmt.four_over_six != kFourOverSixOff) four_over_six_groups(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
   // Per-group scale inverses; with groups of whole vectors code_row reads the group values
   // directly, else (and for the per-element s_eff / amax outputs) they are spread over columns.
   const float* gs = sc.group_s.data();

@@ -8,6 +8,8 @@
 
 namespace lowprec {
 
+constexpr int kFourOverSixMaxBlock = 256;   // elements of a Four Over Six block here (16 x 16 tiles)
+
 struct CudaParams {
   BlockFormat fmt;
   float s_enc;
@@ -47,7 +49,11 @@ __global__ void block_quantize_kernel(const float* __restrict__ x, const uint8_t
   if (nan) amax = __int_as_float(0x7fc00000);
   uint32_t code = 0;
   float fp32 = 0.0f;
-  const float s = block_scale_dev(amax, p, table, &code, &fp32);
+  float s = block_scale_dev(amax, p, table, &code, &fp32);
+  if (p.fmt.four_over_six != kFourOverSixOff) {
+    float work[kFourOverSixMaxBlock];   // the glue refuses larger blocks (lowprec/_backends/cuda.py)
+    four_over_six(xr, bs, amax, p.fmt, p.s_enc, table, &code, &s, work);
+  }
   seff[b] = s;
   if (write_codes) {
     if (p.fmt.scale_kind == kFp32Scale) scales32[b] = fp32; else scales8[b] = static_cast<uint8_t>(code);

@@ -19,6 +19,7 @@ ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
 RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
 SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
 DIVISION_IDS = {"ieee": 0, "reciprocal": 1}
+FOUR_OVER_SIX_IDS = {"off": 0, "mse": 1, "mae": 2}
 WIDENED_IN_KERNEL = (torch.float32, torch.bfloat16, torch.float16)   # dtypes a kernel loads and stores as they are
 
 
@@ -28,7 +29,7 @@ def format_params(fmt: QuantFormat):
     ints = [e.ebits, e.mbits, e.bias, -1 if e.nan_code is None else e.nan_code, e.emax,
             SCALE_KIND_IDS[s.kind], s.ebits, s.mbits, s.bias, -1 if s.nan_code is None else s.nan_code,
             RULE_IDS[fmt.scale_rule], 3 if fmt.scale_rounding == "up" else 0, int(fmt.tensor_scale),
-            DIVISION_IDS[fmt.division]]
+            DIVISION_IDS[fmt.division], FOUR_OVER_SIX_IDS[fmt.four_over_six]]
     floats = [float(e.max), float(s.max) if s.kind == "minifloat" else 0.0]
     return ints, floats
 

@@ -9,6 +9,8 @@ from .. import ops
 from ..tensor import QuantizedTensor
 from .blocked import ROUNDING_IDS, Prepared, dequantize_with, format_params, int64_bits, scale_table
 
+FOUR_OVER_SIX_MAX_BLOCK = 256      # csrc/cuda/quantize.cu, kFourOverSixMaxBlock
+
 
 def register_random_bytes(backend: str, device_type: str):
     """lowprec._C's Philox byte stream as ``backend``'s random_bytes op (returned too)."""
@@ -37,6 +39,9 @@ def register_block_ops(backend: str, device_type: str) -> None:
                         lambda s, o, n, d: random_bytes(s, o, n, d), sr_clipping=sr_clipping)
 
     def kernel_args(p: Prepared):
+        if p.fmt.four_over_six != "off" and p.blocks.shape[-1] > FOUR_OVER_SIX_MAX_BLOCK:
+            raise ValueError(f"the {backend} kernels take Four Over Six blocks of at most {FOUR_OVER_SIX_MAX_BLOCK} "
+                             f"elements, got {p.blocks.shape[-1]} (2-D tiles of {p.fmt.block_size})")
         ints, floats = format_params(p.fmt)
         return (p.blocks, p.rand, scale_table(p.fmt, p.x.device), ints, floats, float(p.s_enc),
                 ROUNDING_IDS[p.rounding], int64_bits(p.seed), int64_bits(p.offset), p.inline_rng)

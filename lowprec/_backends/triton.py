@@ -62,7 +62,7 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
         INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack, DIVISION=ints[13],
-        enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
+        FOUR_OVER_SIX=ints[14], enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
     return codes, scales, xhat, s_eff, amax
 
 
@@ -234,7 +234,7 @@ def row_col_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: int 
                   E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
-                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13])
+                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13], FOUR_OVER_SIX=ints[14])
     grid = (R // n, C // n)
     table = scale_table(fmt, dev)
     row_codes = torch.empty(R, C // 2 if packed else C, dtype=torch.uint8, device=dev)

@@ -4,7 +4,8 @@ quantize(x):
   1. x -> fp32, permuted/padded into blocks (``blocking``); amax_b = max |x| per block.
   2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1;
      amax_tensor is over the finite elements, S_enc is clamped to the largest finite fp32.
-  3. scale code = rule(amax_b, S_enc) (``scales``); s_b = decode(code) / S_enc.
+  3. scale code = rule(amax_b, S_enc) (``scales``); with Four Over Six the better of the codes
+     mapping amax_b to 6 and to 4 (``scales.four_over_six_codes``); s_b = decode(code) / S_enc.
   4. x_scaled = x / s_b (0 where s_b == 0; with ``division="reciprocal"`` the divisions of
      steps 3-4 are multiplications by fp32 reciprocals, see ``scales``), rounded on the element grid (nearest, stochastic
      with the Philox bytes of each element's row-major index in the original tensor, or
@@ -25,8 +26,8 @@ from .checks import check_quantize_call
 from ..blocking import BlockLayout, from_blocks, from_stored, make_layout, to_blocks, to_stored
 from .philox import random_bytes
 from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
-from .scales import (compute_scale_codes, decode_scales, effective_scale, finite_amax, scale_elements,
-                     tensor_encode_scale)
+from .scales import (compute_scale_codes, decode_scales, effective_scale, finite_amax, four_over_six_codes,
+                     scale_elements, tensor_encode_scale)
 
 F32 = torch.float32
 
@@ -41,6 +42,8 @@ def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional
     else:
         s_enc = torch.ones((), dtype=F32, device=x_blocks.device)
     codes = compute_scale_codes(amax, fmt, s_enc)
+    if fmt.four_over_six != "off":
+        codes = four_over_six_codes(x_blocks, amax.to(F32), codes, fmt, s_enc)
     s_eff = effective_scale(decode_scales(codes, fmt.scale), fmt, s_enc if fmt.tensor_scale else None)
     return codes, s_enc, s_eff
 

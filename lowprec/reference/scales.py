@@ -17,6 +17,8 @@ amax = 0 gives the smallest e8m0 scale (elements are then all zero) or a zero sc
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..formats import QuantFormat, ScaleFormat
@@ -53,11 +55,12 @@ def finite_amax(x: torch.Tensor) -> torch.Tensor:
 
 
 def tensor_encode_scale(amax_tensor: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """S_enc = (scale_max * elem_max) / amax_tensor in fp32, clamped to the largest finite
+    """S_enc = (scale_max * elem_max) / amax_tensor in fp32 (scale_max * 4 with Four Over
+    Six: ``QuantFormat.scale_target``), clamped to the largest finite
     fp32 when the quotient overflows (a tiny tensor keeps its information); 1 when amax is 0
     (or not finite, which callers never pass: the amax is over the finite elements)."""
     amax_tensor = amax_tensor.to(F32)
-    s_enc = torch.tensor(fmt.scale.max * fmt.element.max, dtype=F32, device=amax_tensor.device) / amax_tensor
+    s_enc = torch.tensor(fmt.scale.max * fmt.scale_target, dtype=F32, device=amax_tensor.device) / amax_tensor
     s_enc = torch.clamp(s_enc, max=FP32_MAX)
     ok = torch.isfinite(amax_tensor) & (amax_tensor > 0)
     return torch.where(ok, s_enc, torch.ones_like(s_enc))
@@ -68,13 +71,16 @@ def reciprocal(t: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(t, dtype=F32) / t.to(F32)
 
 
-def high_precision_scale(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor) -> torch.Tensor:
-    """The block scale before it is encoded: (amax / elem_max) * S_enc ('ieee'), or
-    amax * (S_enc * fp32(1 / elem_max)) ('reciprocal', Transformer Engine's order)."""
+def high_precision_scale(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor,
+                         target: Optional[float] = None) -> torch.Tensor:
+    """The block scale before it is encoded: (amax / t) * S_enc ('ieee'), or
+    amax * (S_enc * fp32(1 / t)) ('reciprocal', Transformer Engine's order), with t the
+    value the block amax maps to: ``target``, by default the element max."""
+    t = fmt.element.max if target is None else target
     if fmt.division == "reciprocal":
-        inv_max = reciprocal(torch.tensor(fmt.element.max, dtype=F32, device=amax.device))
+        inv_max = reciprocal(torch.tensor(t, dtype=F32, device=amax.device))
         return amax * (s_enc * inv_max)
-    return (amax / fmt.element.max) * s_enc
+    return (amax / t) * s_enc
 
 
 def effective_scale(decoded: torch.Tensor, fmt: QuantFormat, s_enc) -> torch.Tensor:
@@ -96,8 +102,10 @@ def scale_elements(x: torch.Tensor, s: torch.Tensor, fmt: QuantFormat) -> torch.
     return torch.where(s == 0, torch.zeros_like(xs), xs)
 
 
-def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor) -> torch.Tensor:
-    """Scale codes (uint8; fp32 values for fp32 scales) for fp32 block amaxes."""
+def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tensor,
+                        target: Optional[float] = None) -> torch.Tensor:
+    """Scale codes (uint8; fp32 values for fp32 scales) for fp32 block amaxes; ``target``:
+    the value a minifloat or fp32 scale maps the amax to (default the element max)."""
     amax = amax.to(F32)
     bad = ~torch.isfinite(amax)
     elem = fmt.element
@@ -122,7 +130,7 @@ def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tenso
         code = torch.where(bad, torch.full_like(code, 0xFF), code)
         return code.to(torch.uint8)
 
-    scale_hp = high_precision_scale(amax, fmt, s_enc)
+    scale_hp = high_precision_scale(amax, fmt, s_enc, target)
     if scale.kind == "fp32":
         return scale_hp
     v = round_to_grid(torch.where(bad, torch.zeros_like(scale_hp), scale_hp),
@@ -140,3 +148,41 @@ def decode_scales(codes: torch.Tensor, scale: ScaleFormat) -> torch.Tensor:
     if scale.kind == "fp32":
         return codes.to(F32)
     return scale.table(codes.device)[codes.to(torch.int64)]
+
+
+def pairwise_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim as a pairwise tree in t's dtype: zero-padded to a power of two,
+    then (t[2i] + t[2i+1]) level by level. Every backend sums in this order."""
+    n = t.shape[-1]
+    width = 1 << max(n - 1, 0).bit_length()
+    if width != n:
+        t = torch.nn.functional.pad(t, (0, width - n))
+    while t.shape[-1] > 1:
+        pairs = t.reshape(*t.shape[:-1], t.shape[-1] // 2, 2)
+        t = pairs[..., 0] + pairs[..., 1]
+    return t[..., 0]
+
+
+def rtn_block_error(x_blocks: torch.Tensor, s_eff: torch.Tensor, fmt: QuantFormat, metric: str) -> torch.Tensor:
+    """The round-to-nearest error of each block under its s_eff: d = x - v * s_eff per element
+    (v the element grid value of x / s_eff, as quantize and dequantize compute them), summed
+    as d * d ("mse") or |d| ("mae") by ``pairwise_sum``, all in fp32."""
+    e = fmt.element
+    s = s_eff.unsqueeze(-1)
+    v = round_to_grid(scale_elements(x_blocks, s, fmt), e.ebits, e.mbits, e.bias, e.max, "nearest", None)
+    d = x_blocks - v * s
+    return pairwise_sum(d * d if metric == "mse" else d.abs())
+
+
+def four_over_six_codes(x_blocks: torch.Tensor, amax: torch.Tensor, codes_6: torch.Tensor, fmt: QuantFormat,
+                        s_enc: torch.Tensor) -> torch.Tensor:
+    """Four Over Six: per block, the scale code mapping the amax to 4 where its
+    round-to-nearest error (``rtn_block_error``) is lower than that of ``codes_6``, the code
+    mapping it to 6; ties and blocks holding NaN or Inf keep ``codes_6``."""
+    from ..formats import FOUR_OVER_SIX_ALT
+    codes_4 = compute_scale_codes(amax, fmt, s_enc, target=FOUR_OVER_SIX_ALT)
+    enc = s_enc if fmt.tensor_scale else None
+    err = [rtn_block_error(x_blocks, effective_scale(decode_scales(c, fmt.scale), fmt, enc), fmt, fmt.four_over_six)
+           for c in (codes_6, codes_4)]
+    use_4 = (err[1] < err[0]) & torch.isfinite(amax)
+    return torch.where(use_4, codes_4, codes_6)

@@ -166,13 +166,24 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
                   E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
                   S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
                   S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
-                  INLINE_RNG: tl.constexpr, DIVISION: tl.constexpr = 0):
+                  INLINE_RNG: tl.constexpr, DIVISION: tl.constexpr = 0, FOUR_OVER_SIX: tl.constexpr = 0):
     """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
     row-major index in the tensor being quantized (Philox counter offset + idx // 16).
+    FOUR_OVER_SIX 1 (mse) / 2 (mae): each block takes the scale mapping its amax to 4 where
+    that has the lower round-to-nearest error (``reference.scales.four_over_six_codes``).
     Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
     amax = row_amax(x)
     code, dec, s = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, E_MAX, E_EMAX, S_KIND, S_EBITS,
                                S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, DIVISION)
+    if FOUR_OVER_SIX > 0:
+        code4, dec4, s4 = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, 4.0, E_EMAX, S_KIND, S_EBITS,
+                                      S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, DIVISION)
+        err6 = rtn_block_error(x, s, E_EBITS, E_MBITS, E_BIAS, E_MAX, DIVISION, FOUR_OVER_SIX)
+        err4 = rtn_block_error(x, s4, E_EBITS, E_MBITS, E_BIAS, E_MAX, DIVISION, FOUR_OVER_SIX)
+        use4 = (err4 < err6) & (amax < float("inf"))          # NaN amax compares false too
+        code = tl.where(use4, code4, code)
+        dec = tl.where(use4, dec4, dec)
+        s = tl.where(use4, s4, s)
 
     # elements
     sb = s[:, None] + tl.zeros_like(x)
@@ -186,6 +197,32 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
         rbyte = 0
     v = _round_grid(xs, E_EBITS, E_MBITS, E_BIAS, E_MAX, ROUNDING, rbyte)
     return v, code, dec, s, amax, sb
+
+
+@triton.jit
+def pairwise_row_sum(t):
+    """Sum of each row of the [R, W] tile (W a power of two) as a pairwise tree:
+    (t[2i] + t[2i+1]) level by level, the order of ``reference.scales.pairwise_sum``."""
+    for i in tl.static_range(15):                    # W <= 32768 (2-D tiles of 128 x 128)
+        if t.shape[1] > 1:
+            a, b = tl.split(tl.reshape(t, (t.shape[0], t.shape[1] // 2, 2)))
+            t = a + b
+    return tl.reshape(t, (t.shape[0],))
+
+
+@triton.jit
+def rtn_block_error(x, s, E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: tl.constexpr,
+                    E_MAX: tl.constexpr, DIVISION: tl.constexpr, METRIC: tl.constexpr):
+    """Per row of x: the pairwise sum of (x - v * s)^2 (METRIC 1) or |x - v * s| (METRIC 2),
+    v = round-to-nearest grid value of x / s (``reference.scales.rtn_block_error``)."""
+    sb = s[:, None] + tl.zeros_like(x)
+    v = _round_grid(scale_elements(x, sb, DIVISION), E_EBITS, E_MBITS, E_BIAS, E_MAX, 0, 0)
+    d = x - v * sb
+    if METRIC == 1:
+        e = d * d
+    else:
+        e = tl.abs(d)
+    return pairwise_row_sum(e)
 
 
 @triton.jit
@@ -211,7 +248,8 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
                   S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
                   S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                   TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
-                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr, DIVISION: tl.constexpr):
+                  WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr, DIVISION: tl.constexpr,
+                  FOUR_OVER_SIX: tl.constexpr = 0):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
@@ -222,7 +260,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
     v, code, dec, s, amax, sb = quantize_rows(
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
         E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG,
-        DIVISION)
+        DIVISION, FOUR_OVER_SIX)
     if WRITE_CODES:
         store_codes(codes_ptr, idx, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), mask, ROWS, BS_P2, PACK)
         if S_KIND == 2:

@@ -88,6 +88,10 @@ def workload():
     rc(x.to(torch.bfloat16), "nvfp4", "nearest", row_hadamard=(0, None), col_hadamard=(16, 3))   # the nvfp4 layer's X
     rc(x, "ue5m3", "stochastic", seed=1, row_hadamard=(16, 2), col_hadamard=(16, 3))
     rc(x[:, :64], "mxfp4", "nearest", row_hadamard=(32, None), col_hadamard=(64, 1))
+    fos = F.NVFP4.replace(four_over_six="mse")                     # Four Over Six, both error metrics
+    lowprec.quantize(x, fos, rounding="stochastic", seed=1, backend="triton")
+    lowprec.quantize(x, F.UE5M3_FP4.replace(four_over_six="mae", block_2d=True), backend="triton")
+    rc(x.to(torch.bfloat16), fos, "nearest", row_hadamard=(16, 2), col_hadamard=(16, 3))
     for fmt in ("mxfp4", "nvfp4"):
         lowprec.qgemm(lowprec.quantize(x, fmt), lowprec.quantize(x[:32], fmt), backend="triton")
     ops.resolve("nm_mask", "triton")(x.abs())

@@ -33,15 +33,29 @@ struct BlockFormat {
   int scale_rounding;     // kNearest or kUp (amax rule)
   int tensor_scale;       // 1: scales carry S_enc
   int division;           // Division
+  int four_over_six;      // FourOverSix: per block the better of amax -> 6 and amax -> 4
 };
+
+// Four Over Six (QuantFormat.four_over_six): off, or the block error it compares.
+enum FourOverSix : int { kFourOverSixOff = 0, kFourOverSixMse = 1, kFourOverSixMae = 2 };
+constexpr float kFourOverSixAlt = 4.0f;   // the second block-max target (the first: the element max)
 
 constexpr float kFp32Max = 3.402823466e38f;
 
 // The block scale before encoding: (amax / elem_max) * S_enc, or with reciprocal division
 // amax * (S_enc * fp32(1 / elem_max)).
+LOWPREC_HD float high_precision_scale(float amax, const BlockFormat& f, float s_enc, float target) {
+  if (f.division == kReciprocal) return amax * (s_enc * (1.0f / target));
+  return (amax / target) * s_enc;
+}
+
 LOWPREC_HD float high_precision_scale(float amax, const BlockFormat& f, float s_enc) {
-  if (f.division == kReciprocal) return amax * (s_enc * (1.0f / f.elem.max));
-  return (amax / f.elem.max) * s_enc;
+  return high_precision_scale(amax, f, s_enc, f.elem.max);
+}
+
+// The element value the tensor scale maps the tensor amax to (QuantFormat.scale_target).
+LOWPREC_HD float scale_target(const BlockFormat& f) {
+  return f.four_over_six != kFourOverSixOff ? kFourOverSixAlt : f.elem.max;
 }
 
 // s_eff = decode / S_enc, or decode * fp32(1 / S_enc) with reciprocal division.
@@ -224,11 +238,11 @@ LOWPREC_HD float finite_amax(const float* x, int64_t n) {
   return m;
 }
 
-// Tensor (second-level) encode scale S_enc = (scale max * element max) / amax in fp32,
+// Tensor (second-level) encode scale S_enc = (scale max * scale_target) / amax in fp32,
 // clamped to the largest finite fp32 when the quotient overflows; 1 when amax is not a finite
 // number > 0 (lowprec/reference/scales.py). The amax is over the finite elements.
 LOWPREC_HD float tensor_encode_scale(float amax, const BlockFormat& f) {
-  const float num = static_cast<float>(static_cast<double>(f.scale.max) * static_cast<double>(f.elem.max));
+  const float num = static_cast<float>(static_cast<double>(f.scale.max) * static_cast<double>(scale_target(f)));
   float s = num / amax;
   s = s > 3.402823466e38f ? 3.402823466e38f : s;
   return (isfinite(amax) && amax > 0.0f) ? s : 1.0f;
@@ -236,7 +250,15 @@ LOWPREC_HD float tensor_encode_scale(float amax, const BlockFormat& f) {
 
 // Scale code of a block (uint8 for e8m0/minifloat), given its amax and S_enc.
 // Returns the code; NaN/Inf amax gives the NaN code (0xFF for e8m0).
+LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc, float target);
+
 LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) {
+  return scale_code(amax, fmt, s_enc, fmt.elem.max);
+}
+
+// ``target``: the value a minifloat scale maps the amax to (the element max, or Four Over
+// Six's 4); e8m0 rules ignore it.
+LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc, float target) {
   const bool bad = !isfinite(amax);
   if (fmt.scale_kind == kE8M0) {
     if (bad) return 0xFFu;
@@ -261,9 +283,48 @@ LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc) 
     return static_cast<uint32_t>(shared + 127);
   }
   if (bad) return static_cast<uint32_t>(fmt.scale.nan_code);
-  const float scale_hp = high_precision_scale(amax, fmt, s_enc);
+  const float scale_hp = high_precision_scale(amax, fmt, s_enc, target);
   const float v = round_to_grid(scale_hp, fmt.scale, fmt.scale_rounding, 0u);
   return grid_to_code(v, fmt.scale, false);
+}
+
+// Round-to-nearest error of a block x[0..n) under s_eff (lowprec/reference/scales.py,
+// rtn_block_error): d = x - v * s_eff per element, v the grid value of x / s_eff, summed as
+// d * d (kFourOverSixMse) or |d| (kFourOverSixMae) as a pairwise tree in fp32, zero-padded to
+// a power of two. ``work`` holds at least that power of two floats.
+LOWPREC_HD float rtn_block_error(const float* x, int64_t n, float s_eff, const BlockFormat& f, float* work) {
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int64_t j = 0; j < width; ++j) {
+    float e = 0.0f;
+    if (j < n) {
+      float xs = f.division == kReciprocal ? x[j] * element_multiplier(s_eff) : x[j] / s_eff;
+      xs = s_eff == 0.0f ? 0.0f : xs;
+      const float v = round_to_grid(xs, f.elem, kNearest, 0u);
+      const float d = x[j] - v * s_eff;
+      e = f.four_over_six == kFourOverSixMse ? d * d : fabsf(d);
+    }
+    work[j] = e;
+  }
+  for (; width > 1; width /= 2)
+    for (int64_t j = 0; j < width / 2; ++j) work[j] = work[2 * j] + work[2 * j + 1];
+  return work[0];
+}
+
+// Four Over Six for one block (x[0..n) in block order, amax, the code mapping amax to the
+// element max and its s_eff): replaces them by the code mapping amax to 4 and its s_eff where
+// that has the lower round-to-nearest error; ties and non-finite amaxes keep them.
+LOWPREC_HD void four_over_six(const float* x, int64_t n, float amax, const BlockFormat& f, float s_enc,
+                              const float* scale_table, uint32_t* code, float* s_eff, float* work) {
+  if (!isfinite(amax)) return;
+  const uint32_t code4 = scale_code(amax, f, s_enc, kFourOverSixAlt);
+  const float s4 = effective_scale(scale_table[code4], f, s_enc);   // s_enc is 1 without a tensor scale
+  const float e6 = rtn_block_error(x, n, *s_eff, f, work);
+  const float e4 = rtn_block_error(x, n, s4, f, work);
+  if (e4 < e6) {
+    *code = code4;
+    *s_eff = s4;
+  }
 }
 
 }  // namespace lowprec

@@ -9,7 +9,7 @@
 namespace lowprec {
 
 inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
-  TORCH_CHECK(ip.size() == 14 && fp.size() == 2, "lowprec: bad format parameter lists");
+  TORCH_CHECK(ip.size() == 15 && fp.size() == 2, "lowprec: bad format parameter lists");
   BlockFormat f;
   f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
   f.elem_emax = int(ip[4]);
@@ -23,6 +23,9 @@ inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> 
   f.tensor_scale = int(ip[12]);
   f.division = int(ip[13]);
   TORCH_CHECK(f.division == kIeee || f.division == kReciprocal, "lowprec: division is 0 (ieee) or 1 (reciprocal)");
+  f.four_over_six = int(ip[14]);
+  TORCH_CHECK(f.four_over_six >= kFourOverSixOff && f.four_over_six <= kFourOverSixMae,
+              "lowprec: four_over_six is 0 (off), 1 (mse) or 2 (mae)");
   return f;
 }
 
