@@ -1,4 +1,4 @@
-"""sparse: 2:4 sparse training (masks, SR-STE, AST, CAST, export) on top of lowprec.
+"""sparse: 2:4 (and 4:8 pair-wise) sparse training (masks, SR-STE, AST, CAST, export) on top of lowprec.
 
     model = lowprec.convert_model(model, sparse.CASTConfig())      # or ASTConfig, SRSTEConfig
     opt = sparse.AdamS(sparse.cast_param_groups(model), lr=1e-4, total_steps=T)
@@ -13,10 +13,11 @@ from .autograd import masked_weight
 from .cast import AdamS, cast_masks, cast_param_groups
 from .configs import ASTConfig, CASTConfig, SparseFP4Config, SRSTEConfig
 from .distill import ast_distillation_loss, cast_distillation_loss, distillation_loss, kl_teacher_student
-from .export import (Compressed24Linear, SparseWithLowRank, compress_model, decompress_model, export,
+from .export import (Compressed24Linear, Compressed48PairwiseLinear, SparseWithLowRank, compress_model, decompress_model, export,
                      semi_structured_limits, sparse_linears, to_semi_structured)
-from .masks import (collect_input_norms, flip_rate, fraction_nm, is_nm, magnitude_mask, nm_mask, pack_mask,
-                    scores_for, transposable_24_mask, transposable_patterns, unpack_mask)
+from .masks import (collect_input_norms, flip_rate, fraction_nm, is_nm, is_pairwise_48, magnitude_mask, nm_mask,
+                    pack_mask, pairwise_48_mask, scores_for, sparsity_mask, transposable_24_mask,
+                    transposable_pairwise_48_mask, transposable_patterns, unpack_mask)
 from .nn import CASTLinear, SparseLinear, slorb_init, slorb_projection
 from .train import SparseTrainer
 
@@ -24,9 +25,10 @@ __all__ = [
     "ASTAdamW", "AdamS", "cast_masks", "cast_param_groups", "masked_weight",
     "ASTConfig", "CASTConfig", "SparseFP4Config", "SRSTEConfig",
     "ast_distillation_loss", "cast_distillation_loss", "distillation_loss", "kl_teacher_student",
-    "Compressed24Linear", "SparseWithLowRank", "compress_model", "decompress_model", "export",
+    "Compressed24Linear", "Compressed48PairwiseLinear", "SparseWithLowRank", "compress_model", "decompress_model", "export",
     "semi_structured_limits", "sparse_linears", "to_semi_structured",
-    "collect_input_norms", "flip_rate", "fraction_nm", "is_nm", "magnitude_mask", "nm_mask", "pack_mask",
-    "scores_for", "transposable_24_mask", "transposable_patterns", "unpack_mask",
+    "collect_input_norms", "flip_rate", "fraction_nm", "is_nm", "is_pairwise_48", "magnitude_mask", "nm_mask",
+    "pack_mask", "pairwise_48_mask", "scores_for", "sparsity_mask", "transposable_24_mask",
+    "transposable_pairwise_48_mask", "transposable_patterns", "unpack_mask",
     "CASTLinear", "SparseLinear", "slorb_init", "slorb_projection", "SparseTrainer",
 ]

@@ -41,16 +41,22 @@ class _MaskedConfig:
     score: str = "magnitude"
     transposable: bool = False
     input_norms: Optional[Dict[str, torch.Tensor]] = field(default=None, compare=False, repr=False)
+    # "nm": any N of M; "pairwise": 4:8 as 2 of 4 aligned pairs (sparse FP4 tensor cores)
+    pattern: str = "nm"
 
     def __post_init__(self):
         if not 0 < self.n <= self.m:
             raise ValueError(f"need 0 < n <= m, got {self.n}:{self.m}")
+        if self.pattern not in ("nm", "pairwise"):
+            raise ValueError(f"unknown pattern {self.pattern!r}: 'nm' or 'pairwise'")
+        if self.pattern == "pairwise" and (self.n, self.m) != (4, 8):
+            raise ValueError(f"the pair-wise pattern is 4:8 (n=4, m=8), got {self.n}:{self.m}")
         if self.score not in ("magnitude", "wanda"):
             raise ValueError(f"unknown score {self.score!r}: 'magnitude' or 'wanda'")
         if self.score == "wanda" and self.input_norms is None:
             raise ValueError("score='wanda' needs input_norms (sparse.collect_input_norms on calibration batches)")
-        if self.transposable and (self.n, self.m) != (2, 4):
-            raise ValueError("transposable masks are 2:4 only")
+        if self.transposable and self.pattern == "nm" and (self.n, self.m) != (2, 4):
+            raise ValueError("transposable masks are 2:4 or 4:8 pair-wise")
 
     def can_convert(self, module: nn.Module) -> bool:
         return _linear_like(module)
@@ -60,8 +66,9 @@ class _MaskedConfig:
             return _unsupported(module)
         if module.in_features % self.m:
             return f"in_features {module.in_features} is not a multiple of the group size {self.m}"
-        if self.transposable and module.out_features % 4:
-            return f"out_features {module.out_features} is not a multiple of 4 (transposable masks)"
+        t = 8 if self.pattern == "pairwise" else 4
+        if self.transposable and module.out_features % t:
+            return f"out_features {module.out_features} is not a multiple of {t} (transposable masks)"
         if extra_divisor and module.in_features % extra_divisor:
             return f"in_features {module.in_features} is not a multiple of the SLoRB block {extra_divisor}"
         if self.score == "wanda" and name not in self.input_norms:
@@ -70,7 +77,8 @@ class _MaskedConfig:
 
     def _common(self, name: str) -> dict:
         norm = self.input_norms.get(name) if self.input_norms is not None else None
-        return dict(n=self.n, m=self.m, score=self.score, transposable=self.transposable, input_norm=norm)
+        return dict(n=self.n, m=self.m, score=self.score, transposable=self.transposable, input_norm=norm,
+                    pattern=self.pattern)
 
 
 @dataclass(frozen=True)
@@ -134,8 +142,10 @@ class CASTConfig:
 
 @dataclass(frozen=True)
 class SparseFP4Config:
-    """2:4 sparsity composed with FP4: the kept weights W ⊙ M go through ``recipe``'s
-    quantized GEMMs (block scales over the kept values, pruned entries are zeros)."""
+    """N:M sparsity composed with FP4: the kept weights W ⊙ M go through ``recipe``'s
+    quantized GEMMs (block scales over the kept values, pruned entries are zeros). With
+    ``sparse=SRSTEConfig(n=4, m=8, pattern="pairwise")`` (or ASTConfig) the mask has the 4:8
+    pair-wise pattern that sparse FP4 tensor cores take on one operand."""
     sparse: Union[SRSTEConfig, ASTConfig] = field(default_factory=SRSTEConfig)
     recipe: Union[Recipe, str] = "nvfp4"
 

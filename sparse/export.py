@@ -26,7 +26,7 @@ from lowprec.hf import record_conversion
 from lowprec.nn import QuantLinear
 
 from .cast import cast_masks
-from .masks import nm_mask
+from .masks import nm_mask, pairwise_48_mask
 from .nn import CASTLinear, SparseLinear
 
 
@@ -65,7 +65,12 @@ def _export_sparse_linear(mod: SparseLinear, low_rank: Optional[str]) -> nn.Modu
         base.sr_offset.copy_(mod.sr_offset)
     else:
         base = _linear(w, mod.bias)
-    base.is_2to4 = not (mod.slorb_k and low_rank == "fold")
+    folded = bool(mod.slorb_k and low_rank == "fold")
+    # the flag follows the weights themselves: every group of 4 along in_features with at most
+    # 2 non-zeros (a 4:8 mask generally is not 2:4; a 2:8 one is)
+    base.is_2to4 = not folded and (w.shape[-1] % 4 == 0) and bool(((w.reshape(-1, 4) != 0).sum(-1) <= 2).all())
+    if not folded:
+        base.sparsity_pattern = "4:8 pair-wise" if mod.pattern == "pairwise" else f"{mod.n}:{mod.m}"
     if not mod.slorb_k or low_rank in ("fold", "drop"):
         return base
     down = nn.Linear(mod.in_features, mod.in_features // mod.slorb_k, bias=False, device=w.device, dtype=w.dtype)
@@ -165,9 +170,16 @@ def _replace(model: nn.Module, fn, prefix: str = "") -> int:
     return count
 
 
-def sparse_linears(model: nn.Module):
-    """(name, module) of every layer ``export`` made 2:4 (flagged ``is_2to4``)."""
-    return [(name, mod) for name, mod in model.named_modules() if getattr(mod, "is_2to4", False)]
+def sparse_linears(model: nn.Module, pattern: Optional[str] = None):
+    """(name, module) of every layer ``export`` made sparse: flagged with its
+    ``sparsity_pattern`` ("2:4", "4:8 pair-wise", ...) or ``is_2to4``; only those of
+    ``pattern`` when given."""
+    out = []
+    for name, mod in model.named_modules():
+        found = getattr(mod, "sparsity_pattern", "2:4" if getattr(mod, "is_2to4", False) else None)
+        if found is not None and (pattern is None or found == pattern):
+            out.append((name, mod))
+    return out
 
 
 class Compressed24Linear(nn.Module):
@@ -205,11 +217,54 @@ class Compressed24Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, 2:4 compressed"
 
 
+class Compressed48PairwiseLinear(nn.Module):
+    """A 4:8 pair-wise sparse linear layer stored compressed: ``values`` (out, in/2) and
+    ``meta`` (out, in/16) uint8, two 2-bit kept-pair indices per group of 8."""
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.register_buffer("values", values)
+        self.register_buffer("meta", meta)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.in_features, self.out_features = values.shape[1] * 2, values.shape[0]
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> "Compressed48PairwiseLinear":
+        w = lin.weight.detach()
+        pairs_nonzero = (w.reshape(-1, 4, 2) != 0).any(-1)
+        if bool((pairs_nonzero.sum(-1) > 2).any()):
+            raise ValueError("weight is not 4:8 pair-wise (a group of 8 holds non-zeros in more than 2 pairs)")
+        # keeps every non-zero pair (a pair with a non-zero has score > 0; ties: lower pair)
+        mask = pairwise_48_mask(pairs_nonzero.to(torch.float32).repeat_interleave(2, -1).reshape(w.shape))
+        values, meta = lowprec.reference.sparsity.compress_48_pairwise(w, mask)
+        return cls(values, meta, lin.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return lowprec.reference.sparsity.decompress_48_pairwise(self.values, self.meta)
+
+    def to_linear(self) -> nn.Linear:
+        lin = _linear(self.dense_weight(), self.bias)
+        lin.is_2to4 = False
+        lin.sparsity_pattern = "4:8 pair-wise"
+        return lin
+
+    def forward(self, x):
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, 4:8 pair-wise compressed"
+
+
 def compress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Every exported plain 2:4 nn.Linear (also inside SparseWithLowRank) -> Compressed24Linear."""
+    """Every exported plain nn.Linear (also inside SparseWithLowRank) that is 2:4 ->
+    Compressed24Linear, and every one trained 4:8 pair-wise -> Compressed48PairwiseLinear."""
     out = model if inplace else copy.deepcopy(model)
     def fn(name, mod):
-        if type(mod) is nn.Linear and getattr(mod, "is_2to4", False) and mod.in_features % 8 == 0:
+        if type(mod) is not nn.Linear:
+            return None
+        if getattr(mod, "sparsity_pattern", None) == "4:8 pair-wise" and mod.in_features % 16 == 0:
+            return Compressed48PairwiseLinear.from_linear(mod)
+        if getattr(mod, "is_2to4", False) and mod.in_features % 8 == 0:
             return Compressed24Linear.from_linear(mod)
         return None
     _replace(out, fn)
@@ -218,7 +273,8 @@ def compress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def decompress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     out = model if inplace else copy.deepcopy(model)
-    _replace(out, lambda name, mod: mod.to_linear() if isinstance(mod, Compressed24Linear) else None)
+    _replace(out, lambda name, mod: mod.to_linear()
+             if isinstance(mod, (Compressed24Linear, Compressed48PairwiseLinear)) else None)
     return out
 
 

@@ -12,6 +12,14 @@ Ties go to the lower index (a stable descending sort), so exactly N survive per 
 A transposable 2:4 mask is 2:4 along the rows *and* the columns of every 4x4 tile; per
 tile it is the pattern, among the 90 such 4x4 patterns, with the largest kept score (ties:
 the first pattern in lexicographic order of its 16 bits, row-major).
+
+4:8 pair-wise masks (the pattern of sparse FP4 tensor-core operands): in every group of 8
+along the last dim, the 8 elements form 4 aligned pairs (2i, 2i + 1), and exactly 2 whole
+pairs are kept. They are chosen by pair score, the fp32 sum of the pair's two scores (ties:
+the lower pair). A transposable 4:8 pair-wise mask is pair-wise 4:8 along the rows and the
+columns. A row pair must then keep the same column pairs in both rows, so the mask is
+constant on 2x2 cells. It is therefore a transposable 2:4 mask over the 2x2 cells (scored by
+the fp64 sum of each cell's four scores), each cell spread over its four elements.
 """
 
 from __future__ import annotations
@@ -161,3 +169,55 @@ def collect_input_norms(model: nn.Module, batches: Iterable, forward=None) -> Di
             h.remove()
         model.train(was_training)
     return {k: v.sqrt() for k, v in sums.items()}
+
+
+PATTERNS = ("nm", "pairwise")
+
+
+def pair_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Score of each aligned pair (2i, 2i + 1) along the last dim: the fp32 sum of the two."""
+    s = scores.float()
+    return s[..., 0::2] + s[..., 1::2]
+
+
+def pairwise_48_mask(scores: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """4:8 pair-wise mask: in every group of 8 along the last dim, the 2 of its 4 aligned
+    pairs with the largest pair score (ties: the lower pair), each kept pair both kept."""
+    check_groups(scores.shape, 8)
+    if torch.isnan(scores).any():
+        raise ValueError("scores hold NaN: a mask needs a total order")
+    return nm_mask(pair_scores(scores), 2, 4, backend=backend).repeat_interleave(2, dim=-1)
+
+
+def transposable_pairwise_48_mask(scores: torch.Tensor) -> torch.Tensor:
+    """A mask that is pair-wise 4:8 along the rows and along the columns: the transposable
+    2:4 mask of the 2x2 cell scores (fp64 sums), each cell spread over its four elements."""
+    if scores.dim() != 2 or scores.shape[0] % 8 or scores.shape[1] % 8:
+        raise ValueError(f"a transposable 4:8 pair-wise mask needs a 2-D tensor with both dims multiples of 8, "
+                         f"got {tuple(scores.shape)}")
+    r, c = scores.shape
+    cells = scores.detach().double().reshape(r // 2, 2, c // 2, 2).sum(dim=(1, 3))
+    return transposable_24_mask(cells).repeat_interleave(2, dim=0).repeat_interleave(2, dim=1).contiguous()
+
+
+def is_pairwise_48(mask: torch.Tensor) -> bool:
+    """True when every group of 8 along the last dim keeps exactly 2 whole aligned pairs."""
+    check_groups(mask.shape, 8)
+    pairs = mask.reshape(-1, 4, 2)
+    whole = bool((pairs[..., 0] == pairs[..., 1]).all())
+    return whole and bool((pairs[..., 0].sum(-1) == 2).all())
+
+
+def sparsity_mask(scores: torch.Tensor, n: int, m: int, pattern: str = "nm", transposable: bool = False,
+                  backend: str = "auto") -> torch.Tensor:
+    """The mask of a sparse layer: N:M (``pattern="nm"``, transposable 2:4 when asked) or 4:8
+    pair-wise (``pattern="pairwise"``, n:m must be 4:8; transposable when asked)."""
+    if pattern == "pairwise":
+        if (n, m) != (4, 8):
+            raise ValueError(f"the pair-wise pattern is 4:8, got {n}:{m}")
+        return transposable_pairwise_48_mask(scores) if transposable else pairwise_48_mask(scores, backend)
+    if pattern != "nm":
+        raise ValueError(f"unknown sparsity pattern {pattern!r}; expected one of {PATTERNS}")
+    if transposable:
+        return transposable_24_mask(scores)
+    return nm_mask(scores, n, m, backend=backend)

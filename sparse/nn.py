@@ -27,7 +27,7 @@ from lowprec.nn import layer_seed
 from lowprec.recipe import get as get_recipe
 
 from .autograd import masked_weight
-from .masks import flip_rate, nm_mask, scores_for, transposable_24_mask
+from .masks import flip_rate, scores_for, sparsity_mask
 
 
 def slorb_projection(in_features: int, k: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -67,16 +67,20 @@ class SparseLinear(SRStateMixin, nn.Module):
     def _configure(self, *, n: int = 2, m: int = 4, mask_interval: int = 1, srste_decay: float = 0.0,
                    score: str = "magnitude", transposable: bool = False, slorb_k: int = 0,
                    slorb_train_p: bool = False, recipe=None, input_norm: Optional[torch.Tensor] = None,
-                   seed: int = 0, name: str = ""):
+                   seed: int = 0, name: str = "", pattern: str = "nm"):
         if self.in_features % m:
             raise ValueError(f"in_features {self.in_features} is not a multiple of the group size m={m}")
-        if transposable and ((n, m) != (2, 4) or self.out_features % 4):
+        if pattern == "pairwise" and (n, m) != (4, 8):
+            raise ValueError(f"the pair-wise pattern is 4:8, got {n}:{m}")
+        if pattern == "pairwise" and transposable and self.out_features % 8:
+            raise ValueError("transposable 4:8 pair-wise masks need out_features to be a multiple of 8")
+        if pattern == "nm" and transposable and ((n, m) != (2, 4) or self.out_features % 4):
             raise ValueError("transposable masks are 2:4 and need out_features to be a multiple of 4")
         if score not in ("magnitude", "wanda"):
             raise ValueError(f"unknown score {score!r}: 'magnitude' or 'wanda'")
         self.n, self.m = n, m
         self.mask_interval, self.srste_decay = int(mask_interval), float(srste_decay)
-        self.score, self.transposable = score, transposable
+        self.score, self.transposable, self.pattern = score, transposable, pattern
         dev = self.weight.device
         if input_norm is not None:
             self.register_buffer("input_norm", input_norm.detach().float().to(dev))
@@ -115,9 +119,7 @@ class SparseLinear(SRStateMixin, nn.Module):
     @torch.no_grad()
     def compute_mask(self) -> torch.Tensor:
         scores = scores_for(self.weight, self.score, self.input_norm)
-        if self.transposable:
-            return transposable_24_mask(scores)
-        return nm_mask(scores, self.n, self.m)
+        return sparsity_mask(scores.float().contiguous(), self.n, self.m, self.pattern, self.transposable)
 
     @torch.no_grad()
     def refresh_mask(self) -> dict:
@@ -184,7 +186,8 @@ class SparseLinear(SRStateMixin, nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.n}:{self.m}, "
+        pattern = " pair-wise" if self.pattern == "pairwise" else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.n}:{self.m}{pattern}, "
                 f"mask_interval={self.mask_interval}, srste_decay={self.srste_decay}, score={self.score!r}, "
                 f"transposable={self.transposable}, slorb_k={self.slorb_k}, "
                 f"recipe={self.recipe.name if self.recipe is not None else None}")

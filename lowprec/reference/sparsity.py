@@ -5,6 +5,10 @@ largest score; ties go to the lower index (a stable descending sort), so exactly
 compress_24: kept values in index order (half the weights) plus, per group of 4, the two
 2-bit indices of the kept elements (first in bits 0-1, second in bits 2-3), two groups per
 byte (even group in the low nibble): K/2 values and K/8 bytes of metadata per row.
+compress_48_pairwise: a 4:8 pair-wise sparse weight (in every group of 8, 2 of the 4 aligned
+pairs (2i, 2i + 1) kept) as its kept values in index order (half the weights) plus, per group
+of 8, the two 2-bit indices of the kept pairs (first in bits 0-1, second in bits 2-3), two
+groups per byte (even group in the low nibble): K/2 values and K/16 bytes per row.
 """
 
 from __future__ import annotations
@@ -52,4 +56,31 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     v = values.reshape(*values.shape[:-1], -1, 2)
     out = torch.zeros(*v.shape[:-1], 4, dtype=values.dtype, device=values.device)
     out.scatter_(-1, idx, v)
+    return out.reshape(*values.shape[:-1], -1)
+
+
+def compress_48_pairwise(w: torch.Tensor, mask: torch.Tensor):
+    """(values [..., K/2], metadata uint8 [..., K/16]) of a 4:8 pair-wise sparse ``w`` under ``mask``."""
+    check_groups(w.shape, 16)
+    if mask.shape != w.shape or mask.dtype != torch.bool:
+        raise ValueError("compress_48_pairwise: w and a bool mask of one shape, last dim a multiple of 16")
+    pairs = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 8, 4, 2)
+    if not bool((pairs[..., 0] == pairs[..., 1]).all()) or not bool((pairs[..., 0].sum(-1) == 2).all()):
+        raise ValueError("mask is not exactly 4:8 pair-wise (2 whole aligned pairs in every group of 8)")
+    kept = pairs[..., 0]                                                             # [..., groups, 4]
+    idx = torch.nonzero(kept.reshape(-1, 4))[:, 1].reshape(*kept.shape[:-1], 2)      # kept pairs, ascending
+    wp = w.reshape(*kept.shape, 2)
+    values = torch.gather(wp, -2, idx.unsqueeze(-1).expand(*idx.shape, 2)).reshape(*w.shape[:-1], w.shape[-1] // 2)
+    nib = (idx[..., 0] | (idx[..., 1] << 2)).to(torch.uint8)
+    meta = nib[..., 0::2] | (nib[..., 1::2] << 4)
+    return values, meta
+
+
+def decompress_48_pairwise(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Dense tensor with zeros at pruned pairs (inverse of compress_48_pairwise)."""
+    nib = torch.stack((meta & 0xF, meta >> 4), dim=-1).reshape(*meta.shape[:-1], -1).to(torch.int64)
+    idx = torch.stack((nib & 3, nib >> 2), dim=-1)                                   # [..., groups, 2]
+    v = values.reshape(*values.shape[:-1], -1, 2, 2)                                 # [..., groups, kept pair, 2]
+    out = torch.zeros(*v.shape[:-3], v.shape[-3], 4, 2, dtype=values.dtype, device=values.device)
+    out.scatter_(-2, idx.unsqueeze(-1).expand(*idx.shape, 2), v)
     return out.reshape(*values.shape[:-1], -1)
