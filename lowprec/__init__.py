@@ -2,6 +2,7 @@
 
 from . import formats, ops, recipe, reference
 from . import recipe as recipes
+from . import full_recipe as full_recipes
 from .convert import ConversionReport, convert_model, load_rng_state, revert_model, rng_state
 from .formats import (E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FP32_SCALE, MXFP4, MXFP6_E2M3, MXFP6_E3M2,
                       MXFP8, NVFP4, PRESETS, UE4M3, UE5M3, UE5M3_FP4, ElementFormat, QuantFormat,
@@ -22,7 +23,7 @@ __all__ = [
     "QuantizedTensor", "QuantFormat", "ElementFormat", "ScaleFormat", "get_format", "ue5m3",
     "E2M1", "E2M3", "E3M2", "E4M3", "E5M2", "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2", "PRESETS",
-    "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes",
+    "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes", "full_recipes",
     "convert_model", "revert_model", "ConversionReport", "rng_state", "load_rng_state",
     "QuantLinear", "Recipe", "GemmConfig", "OperandConfig", "load_pretrained",
     "PrecisionSchedule", "PrecisionScheduler", "high_precision_forward",

@@ -173,17 +173,69 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
 // elements gathered in the reference's block order (rows: along the row; cols: down the
 // column; tiles: row-major in the tile; padding is zero), its scale code and s_eff replaced
 // where the amax -> 4 scale has the lower round-to-nearest error.
+// The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
+// elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
+// per-element errors are stored in block order, then summed by the same pairwise tree.
+// The first four levels of the pairwise tree of 16 consecutive values: their sum in the tree's order.
+LOWPREC_INLINE float pairwise_sum16(vf e) {
+  static_assert(W == 16, "the tree below is written for 16 lanes");
+  vf t = __builtin_shufflevector(e, e, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(e, e, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
+  t = __builtin_shufflevector(t, t, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6) +
+      __builtin_shufflevector(t, t, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7);
+  t = __builtin_shufflevector(t, t, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2) +
+      __builtin_shufflevector(t, t, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3);
+  return t[0] + t[1];
+}
+
+LOWPREC_INLINE float group_rtn_error(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work) {
+  const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;   // n: 16-element chunks, in block order
+  const vf sv = splat(s), inv = splat(element_multiplier(s));
+  const bool reciprocal = j.fmt.division == kReciprocal, mse = j.fmt.four_over_six == kFourOverSixMse;
+  for (int64_t i = 0; i < bm; ++i) {
+    for (int64_t k = 0; k < gw; k += W) {
+      const vf x = load(sc.rows[i] + q * gw + k);
+      vf xs = reciprocal ? x * inv : x / sv;
+      xs = (sv == 0.0f) ? splat(0.0f) : xs;
+      vf v;
+      encode<kNearest>(xs, j.coder, splat_i(0), &v);
+      const vf d = x - v * sv;
+      work[(i * gw + k) / W] = pairwise_sum16(mse ? d * d : abs(d));
+    }
+  }
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int64_t t = n; t < width; ++t) work[t] = 0.0f;
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) work[t] = work[2 * t] + work[2 * t + 1];
+  return work[0];
+}
+
 LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t n_groups,
                                          std::pair<int64_t, int64_t> slot) {
   const int64_t bm = j.g.bm, gw = j.g.gw;
   float* blk = sc.block.data();
+  float* work = sc.work.data();
   for (int64_t q = 0; q < n_groups; ++q) {
+    const int64_t at = slot.first + q * slot.second;
+    const float amax = sc.group_amax[q];
+    if (gw % W == 0) {                     // vector form, same arithmetic as four_over_six
+      if (!std::isfinite(amax)) continue;
+      const uint32_t code4 = scale_code(amax, j.fmt, j.s_enc, kFourOverSixAlt);
+      const float s4 = effective_scale(j.scale_table[code4], j.fmt, j.s_enc);
+      const float e6 = group_rtn_error(j, sc, q, sc.group_s[q], work);
+      const float e4 = group_rtn_error(j, sc, q, s4, work);
+      if (e4 < e6) {
+        sc.group_s[q] = s4;
+        if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code4);
+      }
+      continue;
+    }
     for (int64_t i = 0; i < bm; ++i)
       for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
-    const int64_t at = slot.first + q * slot.second;
-    uint32_t code = j.scale_codes ? j.scale_codes[at] : scale_code(sc.group_amax[q], j.fmt, j.s_enc);
+    uint32_t code = j.scale_codes ? j.scale_codes[at] : scale_code(amax, j.fmt, j.s_enc);
     float s = sc.group_s[q];
-    four_over_six(blk, bm * gw, sc.group_amax[q], j.fmt, j.s_enc, j.scale_table, &code, &s, sc.work.data());
+    four_over_six(blk, bm * gw, amax, j.fmt, j.s_enc, j.scale_table, &code, &s, work);
     sc.group_s[q] = s;
     if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code);
   }

@@ -17,7 +17,8 @@ DEFAULT_RECIPES = ("bf16", "mxfp8", "mxfp4", "nvfp4", "ue5m3")
 
 
 def add_arguments(p):
-    p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), help="recipe presets to compare")
+    p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
+                   help="recipe presets to compare, or full recipes (lowprec.full_recipes: nvfp4_full, ...)")
     p.add_argument("--model", default="builtin",
                    help="'builtin', a transformers config (.json, or a folder with config.json), or "
                         "'package.module:factory' (ids -> logits); see lowprec.sim.sources")
@@ -41,15 +42,46 @@ def add_arguments(p):
                    help="timed steps per recipe, interleaved across recipes, for the speed columns")
 
 
+def _full_of(name: str):
+    from ..full_recipe import PRESETS
+    return PRESETS.get(name)
+
+
+class _AttachSchedule:
+    """Setup for train_once: a full recipe's late switch, attached to the run's optimizer."""
+
+    def __init__(self, full, steps: int):
+        self.full, self.steps = full, steps
+
+    def __call__(self, model, optimizer):
+        self.full.scheduler(model, self.steps, optimizer)
+
+
+def _run_spec(name: str, estimator, probe, steps: int):
+    """(recipe labelling the run, what convert_model takes, setup or None) for a recipe preset
+    or a full recipe (``lowprec.full_recipes``: BF16 ends and head, late precision switch)."""
+    from ..full_recipe import linear_layer_names
+    full = _full_of(name)
+    if full is None:
+        recipe = get(name, **({"estimator": estimator} if estimator else {}))
+        return recipe, recipe, None
+    if estimator:
+        raise ValueError(f"--estimator does not apply to the full recipe {name!r}; give its base recipe instead")
+    label = full.recipe.replace(name=full.name)
+    return label, full.conversion(linear_layer_names(probe)), _AttachSchedule(full, steps)
+
+
 def run(args) -> dict:
     from tqdm.auto import tqdm
     model = TinyLMConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=args.d_ff,
                          seq_len=args.seq_len)
     steps = args.steps if args.tokens is None else max(1, -(-args.tokens // (args.batch_size * args.seq_len)))
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, model=model, source=args.model)
-    recipes = [get(r, **({"estimator": args.estimator} if args.estimator else {})) for r in args.recipes]
     corpus = load_corpus(args.data, args.model)
-    check_fit(corpus, build_model(args.model, model), model.seq_len)
+    probe = build_model(args.model, model)
+    check_fit(corpus, probe, model.seq_len)
+    runs = [_run_spec(name, args.estimator, probe, steps) for name in args.recipes]
+    recipes = [r for r, _, _ in runs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -57,21 +89,22 @@ def run(args) -> dict:
     total = len(recipes) * len(args.seeds) * cfg.steps
     with tqdm(total=total, disable=args.no_progress, desc="simulate", unit="step") as bar:
         for seed in args.seeds:
-            for recipe in recipes:
+            for recipe, conversion, setup in runs:
                 bar.set_description(f"{recipe.name} seed {seed}")
-                results.append(train_once(recipe, seed, cfg, corpus, progress=bar))
+                results.append(train_once(conversion, seed, cfg, corpus, progress=bar, name=recipe.name, setup=setup))
     baseline = "bf16" if "bf16" in args.recipes else recipes[0].name
     # the speed columns: a separate interleaved timing pass (lowprec.sim.timing), not the
     # training loop's own clock, which a busy moment of the machine skews for one recipe
-    timed = step_times({r.name: r for r in recipes}, args.timing_steps, corpus, model, cfg.batch_size,
-                       source=args.model)
+    timed = step_times({r.name: conversion for r, conversion, _ in runs}, args.timing_steps, corpus, model,
+                       cfg.batch_size, source=args.model)
     rows = summarize(results, baseline, step_times=timed, tokens_per_step=cfg.batch_size * model.seq_len)
     described = model if args.model == "builtin" else args.model
     print(f"\ncorpus: {corpus.description}; "
           f"model {described}; {cfg.steps} steps x {cfg.batch_size} x {model.seq_len} tokens; "
           f"{time.time() - t0:.0f} s total")
     print_summary(rows, baseline)
-    config = {"train": dataclasses.asdict(cfg), "recipes": [r.to_dict() for r in recipes], "seeds": args.seeds}
+    config = {"train": dataclasses.asdict(cfg), "recipes": [r.to_dict() for r in recipes], "seeds": args.seeds,
+              "full_recipes": {n: _full_of(n).to_dict() for n in args.recipes if _full_of(n)}}
     write_json(out / "simulate.json", rows, results, config)
     title = "tiny LM" if args.model == "builtin" else Path(args.model).name
     plotted = plot_losses(out / "simulate_loss.png", results, f"{title}, {cfg.steps} steps, seeds {args.seeds}")

@@ -27,10 +27,10 @@ import hashlib
 import itertools
 import json
 import random
-import re
 from typing import Optional
 
 from ..formats import get_format
+from ..full_recipe import block_index
 from ..recipe import GemmConfig, OperandConfig, Recipe, get
 
 DEFAULTS = {"format": "nvfp4", "block_size": None, "tensor_scale": None, "weight_tiles": True, "hadamard": 16,
@@ -107,12 +107,6 @@ def build_recipe(point: dict) -> Recipe:
     wgrad = GemmConfig(OperandConfig(fmt, sr_grads), OperandConfig(fmt, sr_other), hadamard=p["hadamard"],
                        hadamard_random=rnd)
     return Recipe(label(p), fprop, dgrad, wgrad, estimator=p["estimator"])
-
-
-def block_index(name: str) -> Optional[int]:
-    """The index of the repeated block a layer sits in: the first integer part of its name."""
-    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
-    return int(m.group(1)) if m else None
 
 
 def high_precision_rule(point: dict, linear_names: list):
