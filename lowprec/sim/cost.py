@@ -17,7 +17,9 @@ fprop (T x K by N x K), dgrad (T x N by K x N) and wgrad (N x T by K x T), each 
             (a Philox4x32-10 call per 16 elements, about 60 integer ops);
     Hadamard of size n on the operand: a block matmul on the tensor cores, 2 n FLOPs per
             element at the BF16 rate (fused with the quantizer: no extra traffic);
-    a forward estimator other than STE: 3 bytes per element (its factor) and 2 ops in backward.
+    a forward estimator other than STE: 3 bytes per element (its factor) and 2 ops in backward;
+    Four Over Six: 15 more ops per element (a second candidate scale, both candidates rounded
+            to nearest, and their block errors), no extra traffic (one fused pass).
 - A weight in 2-D tiles with no transform and nearest rounding is quantized once for fprop and
   dgrad (the same codes serve Wᵀ); otherwise each GEMM quantizes its own operand.
 
@@ -46,6 +48,7 @@ class Machine:
     sr_ops: float = 4.0
     estimator_bytes: float = 3.0
     estimator_ops: float = 2.0
+    four_over_six_ops: float = 15.0
 
 
 def _bits(op) -> int:
@@ -81,6 +84,8 @@ def layer_time(recipe, tokens: int, in_f: int, out_f: int, machine: Machine = Ma
         fmt = op.format
         nbytes = 2 * e + e * fmt.element.bits / 8 + e / fmt.block_size + (2 * e if fmt.tensor_scale else 0)
         ops = machine.quantize_ops * e + (machine.sr_ops * e if op.stochastic else 0)
+        if fmt.four_over_six != "off":
+            ops += machine.four_over_six_ops * e
         t += nbytes / machine.bandwidth + ops / machine.vector_ops
         if g.hadamard:
             t += 2 * g.hadamard * e / machine.bf16_flops

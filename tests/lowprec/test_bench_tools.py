@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lowprec
 from lowprec import ops
 from lowprec.bench.harness import copy_bandwidth, time_fn
 from lowprec.cli import main as cli_main
@@ -128,3 +129,16 @@ def test_gpu_train_step_script_smoke(tmp_path, monkeypatch):
     assert rows["nvfp4"]["x_quantizer"] == "row_col_fused"          # 32 tokens x 64: one pass over X
     assert {r["part"] for r in out["gemm_split"]} >= {"quantize X", "quantize W", "fp4 gemm"}
     assert out["smoke_run"]
+
+
+def test_recipe_cost_table(tmp_path, monkeypatch):
+    """Every training preset and full recipe gets a cost; Four Over Six costs more than nvfp4
+    (its extra vector work), the full recipe more still (BF16 blocks, late BF16 forward), all
+    below bf16."""
+    monkeypatch.setenv("LOWPREC_BENCH_DIR", str(tmp_path))
+    script("bench_recipe_costs").main()
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "recipe_costs.json").read_text())["rows"]}
+    assert set(rows) >= set(lowprec.recipes.TRAINING_PRESETS) | set(lowprec.full_recipes.names())
+    assert rows["bf16"]["cost"] == 1.0
+    assert rows["nvfp4"]["cost"] < rows["nvfp4_4over6"]["cost"] < rows["nvfp4_4over6_full"]["cost"] < 1.0
+    assert rows["nvfp4"]["cost"] < rows["nvfp4_full"]["cost"] < 1.0
