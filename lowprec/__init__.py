@@ -14,6 +14,7 @@ from .ops import BackendUnavailable, available_backends
 from .nn import QuantLinear
 from .recipe import GemmConfig, OperandConfig, Recipe
 from .schedule import PrecisionSchedule, PrecisionScheduler, high_precision_forward
+from .osci_reset import OsciReset, OsciResetConfig
 from .tensor import QuantizedTensor
 
 __version__ = "0.1.0"
@@ -23,7 +24,7 @@ __all__ = [
     "QuantizedTensor", "QuantFormat", "ElementFormat", "ScaleFormat", "get_format", "ue5m3",
     "E2M1", "E2M3", "E3M2", "E4M3", "E5M2", "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2", "PRESETS",
-    "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes", "full_recipes",
+    "BackendUnavailable", "available_backends", "formats", "ops", "reference", "recipe", "recipes", "full_recipes", "OsciReset", "OsciResetConfig",
     "convert_model", "revert_model", "ConversionReport", "rng_state", "load_rng_state",
     "QuantLinear", "Recipe", "GemmConfig", "OperandConfig", "load_pretrained",
     "PrecisionSchedule", "PrecisionScheduler", "high_precision_forward",
