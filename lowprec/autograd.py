@@ -61,6 +61,7 @@ class LinearPlan(NamedTuple):
     hadamard_impls: tuple  # ((device type, transform fn), ...) resolved when the plan is built
     key: str = ""        # names the plan to the custom ops (a digest of the recipe; see _PLANS)
     gemm_backend: str = "auto"   # which kernels compute the GEMMs (lowprec.execution)
+    outlier_channels: int = 0    # OutControl: input channels computed in bf16 (Recipe.outlier_channels)
 
 
 # Plans by key: torch.compile graphs call the quantized linear as opaque custom ops that take
@@ -92,7 +93,8 @@ def plan_for(recipe: Recipe) -> LinearPlan:
     plan = LinearPlan(tuple(_operand_plan(o, a, recipe.sync_tensor_amax and local)
                             for o, a, local in zip(ops_, SLOT_AXES, RANK_LOCAL_SLOTS)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
-                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key, recipe.gemm_backend)
+                      recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key, recipe.gemm_backend,
+                      recipe.outlier_channels)
     _PLANS.setdefault(key, plan)
     return plan
 
@@ -419,10 +421,33 @@ def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, lay
     return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
 
 
+def outlier_channel_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k input channels (last dim of x) with the largest max |x| over the other dims, in
+    ascending order; ties go to the lower channel (a stable descending sort)."""
+    amax = x.detach().reshape(-1, x.shape[-1]).abs().amax(0)
+    order = torch.sort(amax.float(), descending=True, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
 def quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], recipe,
                  rng: torch.Tensor, layer_seed: int = 0) -> torch.Tensor:
-    """y = x W^T + b under ``recipe`` (a Recipe or its LinearPlan); x has any leading dims."""
+    """y = x W^T + b under ``recipe`` (a Recipe or its LinearPlan); x has any leading dims.
+    With OutControl (``outlier_channels`` = k) the k channels of largest |x| are taken out of
+    the quantized GEMMs (zeroed in their X) and computed as a bf16 GEMM of those columns of X
+    and W, whose backward is bf16 as well:  y = Q-GEMMs(X ⊙ keep, W) + bf16(X_o) bf16(W_o)^T."""
     plan = recipe if isinstance(recipe, LinearPlan) else plan_for(recipe)
+    if plan.outlier_channels:
+        idx = outlier_channel_indices(x, min(plan.outlier_channels, x.shape[-1]))
+        keep = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device).index_fill(0, idx, 0)
+        y = _quant_linear(x * keep, weight, bias, plan, rng, layer_seed)
+        y_o = torch.nn.functional.linear(x.index_select(-1, idx).to(torch.bfloat16),
+                                         weight.index_select(1, idx).to(torch.bfloat16))
+        return y + y_o.to(y.dtype)
+    return _quant_linear(x, weight, bias, plan, rng, layer_seed)
+
+
+def _quant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], plan: LinearPlan,
+                  rng: torch.Tensor, layer_seed: int) -> torch.Tensor:
     lead = x.shape[:-1]
     dev = x.device.type
     # Under autocast the quantized GEMMs keep the recipe's numerics (autocast would recast the

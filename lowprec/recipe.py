@@ -141,6 +141,10 @@ class Recipe:
     # CUDA where the formats allow, the simulator's fp32 matmul elsewhere; "simulate" = the fp32
     # matmul of fake-quantized operands everywhere; "kernels" = the kernels or an error
     gemm_backend: str = "auto"
+    # OutControl (TetraJet-v2): in every forward the k input channels (columns of X) with the
+    # largest max |x| over the tokens are computed in bf16 (X, W and dY of those channels), the
+    # others through the quantized GEMMs; 0: off
+    outlier_channels: int = 0
 
     def __post_init__(self):
         for name in ("fprop", "dgrad", "wgrad"):
@@ -151,13 +155,17 @@ class Recipe:
             raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {ESTIMATORS}")
         if self.gemm_backend not in GEMM_BACKENDS:
             raise ValueError(f"unknown gemm_backend {self.gemm_backend!r}; expected one of {GEMM_BACKENDS}")
+        if isinstance(self.outlier_channels, bool) or not isinstance(self.outlier_channels, int) \
+                or self.outlier_channels < 0:
+            raise ValueError(f"outlier_channels is a count >= 0, got {self.outlier_channels!r}")
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"name": self.name, "fprop": self.fprop.to_dict(), "dgrad": self.dgrad.to_dict(),
                 "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend,
                 "hadamard_backend": self.hadamard_backend, "sync_tensor_amax": self.sync_tensor_amax,
-                "gemm_backend": self.gemm_backend}
+                "gemm_backend": self.gemm_backend,
+                **({"outlier_channels": self.outlier_channels} if self.outlier_channels else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -218,7 +226,8 @@ class Recipe:
     def describe(self) -> str:
         return (f"{self.name}: fprop[{self.fprop.describe()}] dgrad[{self.dgrad.describe()}] "
                 f"wgrad[{self.wgrad.describe()}] est={self.estimator}"
-                + (" amax=all-reduced" if self.sync_tensor_amax else ""))
+                + (" amax=all-reduced" if self.sync_tensor_amax else "")
+                + (f" outliers={self.outlier_channels}xbf16" if self.outlier_channels else ""))
 
     # -- convert_model protocol ------------------------------------------------------------
     def convert_module(self, module, name: str):
