@@ -44,6 +44,8 @@ def fusion_blocker(plan, tokens: int, in_f: int, device_type: str) -> Optional[s
         return "fprop and wgrad quantize X to different formats"
     if (fx.rounding, fx.sr_clipping, fx.amax_sync) != (wx.rounding, wx.sr_clipping, wx.amax_sync):
         return "fprop and wgrad round X differently"
+    if fx.rounding == "ms_eden":
+        return "MS-EDEN scales are corrected in a separate pass"
     if f_fmt.block_2d or f_fmt.scale.kind == "fp32":
         return "X has 2-D blocks or fp32 scales"
     h_f, h_w = plan.hadamard[0][0], plan.hadamard[2][0]

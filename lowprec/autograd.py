@@ -35,6 +35,7 @@ from .recipe import OperandConfig, Recipe
 from .scaled_mm_gemm import scaled_mm_qgemm, verified
 from .reference.hadamard import hadamard_transform
 
+RANDOM_ROUNDINGS = ("stochastic", "ms_eden")   # roundings that draw Philox bits (counters reserved per slot)
 SLOTS = ("fprop.lhs", "fprop.rhs", "dgrad.lhs", "dgrad.rhs", "wgrad.lhs", "wgrad.rhs")
 SLOT_AXES = (-1, -1, -1, 0, 0, 0)   # blocks run along each GEMM's reduction axis
 
@@ -48,7 +49,7 @@ class OperandPlan(NamedTuple):
 
     @property
     def stochastic(self) -> bool:
-        return self.kind == "quant" and self.rounding == "stochastic"
+        return self.kind == "quant" and self.rounding in RANDOM_ROUNDINGS
 
 
 class LinearPlan(NamedTuple):

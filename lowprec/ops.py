@@ -9,6 +9,7 @@ back silently.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -94,6 +95,39 @@ def auto_backend(op: str, device=None) -> str:
 
 
 def _resolve(op: str, backend: str, device) -> Callable:
+    return _with_ms_eden(op, _resolve_impl(op, backend, device), backend, device)
+
+
+def _with_ms_eden(op: str, fn: Callable, backend: str, device) -> Callable:
+    """``quantize`` / ``fake_quantize`` of any backend with rounding="ms_eden": the backend
+    rounds the elements to nearest, the shared pass of reference/ms_eden.py corrects the scales."""
+    if op not in ("quantize", "fake_quantize"):
+        return fn
+    from .reference import ms_eden
+    quantize_rtn = fn if op == "quantize" else _resolve_impl("quantize", backend, device)
+
+    def random_bytes(seed, offset, n, device=None):
+        return resolve("random_bytes", "auto", device)(seed, offset, n, device=device)
+
+    @functools.wraps(fn)
+    def wrapped(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, *args, **kwargs):
+        if rounding != "ms_eden":
+            return fn(x, fmt, rounding, seed, offset, *args, **kwargs)
+        if args:
+            raise TypeError("rounding='ms_eden': pass the remaining arguments by keyword")
+        from .reference.checks import check_quantize_call
+        check_quantize_call(x, fmt, "stochastic", seed, offset, kwargs.get("nan_policy", "propagate"),
+                            False, kwargs.get("amax_tensor"))
+        if op == "quantize":
+            return ms_eden.quantize(quantize_rtn, random_bytes, x, fmt, seed, offset, kwargs.get("strict", False),
+                                    kwargs.get("nan_policy", "propagate"), kwargs.get("amax_tensor"))
+        return ms_eden.fake_quantize_with_scales(quantize_rtn, random_bytes, x, fmt, seed, offset,
+                                                 kwargs.get("nan_policy", "propagate"), kwargs.get("amax_tensor"),
+                                                 kwargs.get("with_scales", True))
+    return wrapped
+
+
+def _resolve_impl(op: str, backend: str, device) -> Callable:
     if backend == "auto":
         return _TABLE[op][auto_backend(op, device)]
     ok, why = backend_status(backend)

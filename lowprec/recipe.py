@@ -63,6 +63,9 @@ class OperandConfig:
             raise ValueError(f"unknown rounding {self.rounding!r}; expected one of {ROUNDING_MODES}")
         if not isinstance(self.sr_clipping, bool):
             raise TypeError(f"sr_clipping must be a bool, got {self.sr_clipping!r}")
+        if self.rounding == "ms_eden" and isinstance(self.format, QuantFormat):
+            from .reference.ms_eden import check_format
+            check_format(self.format)
 
     @property
     def effective_format(self) -> OperandFormat:
@@ -76,7 +79,7 @@ class OperandConfig:
 
     @property
     def stochastic(self) -> bool:
-        return self.quantized and self.rounding == "stochastic"
+        return self.quantized and self.rounding in ("stochastic", "ms_eden")
 
     def to_dict(self) -> dict:
         f = self.format.to_dict() if isinstance(self.format, QuantFormat) else self.format
@@ -87,6 +90,8 @@ class OperandConfig:
             return "fp32"
         if self.format == "bf16":
             return "bf16"
+        if self.rounding == "ms_eden":
+            return f"{self.format}/MS-EDEN"
         if self.rounding != "stochastic":
             return f"{self.format}"
         return f"{self.format}/SR[{sr_scale_note(self.format, self.sr_clipping)}]"
@@ -276,6 +281,17 @@ def _nvfp4_4over6() -> Recipe:
                   GemmConfig(grad, act, hadamard=16, hadamard_random=True))
 
 
+def _quartet2() -> Recipe:
+    """Quartet II (NVFP4): the forward GEMM with Four Over Six block scales, round to
+    nearest; both backward GEMMs with MS-EDEN (round-to-nearest elements, unbiased stochastic
+    block scales, reference/ms_eden.py) on a random Hadamard-32 transform of both operands.
+    Weights in 1x16 blocks (each GEMM quantizes its own copy)."""
+    fwd = _op("nvfp4", four_over_six="mse")
+    bwd = _op("nvfp4", "ms_eden")
+    return Recipe("quartet2", GemmConfig(fwd, fwd), GemmConfig(bwd, bwd, hadamard=32, hadamard_random=True),
+                  GemmConfig(bwd, bwd, hadamard=32, hadamard_random=True))
+
+
 def _ue5m3() -> Recipe:
     """The seed study's trade-off: UE5M3 block-16 scales with a tensor scale, random
     Hadamard-16 on every GEMM, stochastic rounding on gradients (block scales rounded up, so
@@ -306,6 +322,7 @@ PRESETS = {
     "mxfp4": _uniform("mxfp4", "mxfp4"),
     "nvfp4": _nvfp4(),
     "nvfp4_4over6": _nvfp4_4over6(),
+    "quartet2": _quartet2(),
     "ue5m3": _ue5m3(),
     # inference: W4A16 (weight-only) and W4A4
     "nvfp4_weight_only": _inference("nvfp4_weight_only", "nvfp4", activations=False),
@@ -313,13 +330,13 @@ PRESETS = {
     "mxfp4_weight_only": _inference("mxfp4_weight_only", "mxfp4", activations=False),
     "mxfp4_w4a4": _inference("mxfp4_w4a4", "mxfp4", activations=True),
 }
-TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "nvfp4_4over6", "ue5m3")
+TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "nvfp4_4over6", "quartet2", "ue5m3")
 INFERENCE_PRESETS = ("nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4")
 
 
 def get(name: Union[str, Recipe], **overrides) -> Recipe:
     """A named recipe, with optional overrides: for training "bf16", "mxfp8", "mxfp4", "nvfp4",
-    "nvfp4_4over6", "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
+    "nvfp4_4over6", "quartet2", "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
     if isinstance(name, Recipe):
         r = name
     else:

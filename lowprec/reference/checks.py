@@ -48,7 +48,7 @@ def check_quantize_call(x: torch.Tensor, fmt, rounding: str, seed, offset, nan_p
     fmt = get_format(fmt)
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDING_MODES}")
-    if rounding == "stochastic" and seed is None:
+    if rounding in ("stochastic", "ms_eden") and seed is None:
         raise ValueError("stochastic rounding needs an explicit seed (and an offset that advances per call)")
     if seed is not None:
         check_uint64("seed", seed)

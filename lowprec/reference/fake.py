@@ -28,6 +28,13 @@ def fake_quantize_with_scales(x: torch.Tensor, fmt: QuantFormat, rounding: str =
                               sr_clipping: bool = False):
     """(x_hat in fp32, effective scale per element in fp32, block amax per element), all in x's
     shape; the last two are None when ``with_scales`` is False (every backend honours this)."""
+    if rounding == "ms_eden":
+        from . import ms_eden
+        from .philox import random_bytes as philox_bytes
+        from .quantize import quantize
+        check_quantize_call(x, fmt, "stochastic", seed, offset, nan_policy, False, amax_tensor)
+        return ms_eden.fake_quantize_with_scales(quantize, philox_bytes, x, fmt, seed, offset, nan_policy,
+                                                 amax_tensor, with_scales)
     fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
     layout, _, _, s_eff, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, False, nan_policy,
                                                         amax_tensor)

@@ -81,7 +81,14 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
              amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
     """Block-quantize ``x`` (see module docstring).  ``amax_tensor`` overrides the tensor
     amax used for S_enc (e.g. a delayed or all-reduced amax).  Stochastic rounding runs with
-    the format's non-clipping scale unless ``sr_clipping`` (``formats.effective_format``)."""
+    the format's non-clipping scale unless ``sr_clipping`` (``formats.effective_format``).
+    ``rounding="ms_eden"``: round-to-nearest elements, unbiased stochastic block scales
+    (``reference.ms_eden``)."""
+    if rounding == "ms_eden":
+        from . import ms_eden
+        from .philox import random_bytes as philox_bytes
+        check_quantize_call(x, fmt, "stochastic", seed, offset, nan_policy, False, amax_tensor)
+        return ms_eden.quantize(quantize, philox_bytes, x, fmt, seed, offset, strict, nan_policy, amax_tensor)
     fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
     layout, scale_codes, s_enc, _, x_scaled, rand = scaled_blocks(x, fmt, rounding, seed, offset, strict,
                                                                   nan_policy, amax_tensor)

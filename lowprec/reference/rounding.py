@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-ROUNDING_MODES = ("nearest", "stochastic", "zero")
+ROUNDING_MODES = ("nearest", "stochastic", "zero", "ms_eden")   # ms_eden: reference/ms_eden.py
 
 
 def exp2i(e: torch.Tensor) -> torch.Tensor:
