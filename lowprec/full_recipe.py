@@ -42,6 +42,7 @@ class FullRecipe:
     first_share: float = 0.2          # of the kept blocks, the share taken from the start
     switch_fraction: float = 0.18     # last share of the optimizer steps on ``switch_to``
     switch_to: Optional[Union[Recipe, str]] = None   # default: the recipe with a BF16 forward
+    osci_reset: Optional[object] = None   # an OsciResetConfig: TetraJet-v2's oscillation reset
 
     def __post_init__(self):
         object.__setattr__(self, "recipe", get_recipe(self.recipe))
@@ -101,15 +102,31 @@ class FullRecipe:
             s.attach(optimizer)
         return s
 
+    def attach(self, model, total_steps: int, optimizer) -> list:
+        """Everything that runs with the optimizer: the late switch (a PrecisionScheduler)
+        and, when set, OsciReset; returns them."""
+        hooks = [self.scheduler(model, total_steps, optimizer)]
+        if self.osci_reset is not None:
+            from .osci_reset import OsciReset
+            reset = OsciReset(model, self.osci_reset)
+            reset.attach(optimizer)
+            hooks.append(reset)
+        return hooks
+
     def to_dict(self) -> dict:
+        import dataclasses
         return {"name": self.name, "recipe": self.recipe.to_dict(), "high_fraction": self.high_fraction,
                 "first_share": self.first_share, "switch_fraction": self.switch_fraction,
-                "switch_to": self.switch_to.to_dict()}
+                "switch_to": self.switch_to.to_dict(),
+                "osci_reset": dataclasses.asdict(self.osci_reset) if self.osci_reset is not None else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FullRecipe":
+        from .osci_reset import OsciResetConfig
+        osci = d.get("osci_reset")
         return cls(d["name"], Recipe.from_dict(d["recipe"]), d["high_fraction"], d["first_share"],
-                   d["switch_fraction"], Recipe.from_dict(d["switch_to"]))
+                   d["switch_fraction"], Recipe.from_dict(d["switch_to"]),
+                   OsciResetConfig(**osci) if osci is not None else None)
 
 
 def linear_layer_names(model) -> List[str]:
@@ -124,6 +141,18 @@ PRESETS = {
     # the same with Four Over Six block scaling
     "nvfp4_4over6_full": FullRecipe("nvfp4_4over6_full", "nvfp4_4over6"),
 }
+
+
+def _tetrajet2() -> FullRecipe:
+    """TetraJet-v2: the nvfp4 quantizers with OutControl (4 input channels of largest |x| per
+    layer in bf16) and OsciReset (windows of 16 steps, 4 flips), no BF16 blocks, no late switch."""
+    from .osci_reset import OsciResetConfig
+    from .recipe import get as recipe
+    return FullRecipe("tetrajet2", recipe("nvfp4").replace(outlier_channels=4, name="nvfp4+outcontrol4"), high_fraction=0.0,
+                      switch_fraction=0.0, osci_reset=OsciResetConfig(window=16, min_flips=4))
+
+
+PRESETS["tetrajet2"] = _tetrajet2()
 
 
 def get(name: Union[str, FullRecipe]) -> FullRecipe:

@@ -54,7 +54,7 @@ class _AttachSchedule:
         self.full, self.steps = full, steps
 
     def __call__(self, model, optimizer):
-        self.full.scheduler(model, self.steps, optimizer)
+        self.full.attach(model, self.steps, optimizer)
 
 
 def _run_spec(name: str, estimator, probe, steps: int):
