@@ -114,3 +114,25 @@ def test_tiny_lm_names_and_simulate(tmp_path):
     assert set(runs) == {"nvfp4", "nvfp4_full"} and "nvfp4_full" in data["config"]["full_recipes"]
     assert runs["nvfp4_full"]["losses"] != runs["nvfp4"]["losses"]
     assert any("keeps it in high precision" in why for why in runs["nvfp4_full"]["skipped_layers"].values())
+
+
+def test_tetrajet2_attaches_osci_reset_and_outcontrol():
+    """tetrajet2: nvfp4 with OutControl on every converted layer (no BF16 blocks), OsciReset
+    attached to the optimizer, and a single schedule phase."""
+    from lowprec.osci_reset import OsciReset
+    full = lowprec.full_recipes.get("tetrajet2")
+    model = Blocks(4)
+    full.convert(model)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 8 and all(m.recipe.outlier_channels == 4 for m in layers)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    hooks = full.attach(model, total_steps=40, optimizer=opt)
+    reset = next(h for h in hooks if isinstance(h, OsciReset))
+    x = torch.randn(8, 32)
+    for _ in range(16):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    assert len(reset.resets) == 1 and set(reset.resets[0]) == {n for n, m in model.named_modules()
+                                                               if isinstance(m, QuantLinear)}
+    assert len(full.schedule(40).phases) == 1
