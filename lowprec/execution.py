@@ -130,38 +130,34 @@ def gemm_kernels(recipe, device="cpu") -> dict:
 
 # -- recording which kernels ran (tests, benchmarks) --------------------------------------------
 _recorders: list = []
+_quantizer_recorders: list = []
 
 
 @contextmanager
-def record_kernels():
-    """Collect (gemm, kernel) for every GEMM that runs inside the block."""
+def _recording(registry: list):
     calls: list = []
-    _recorders.append(calls)
+    registry.append(calls)
     try:
         yield calls
     finally:
-        _recorders.remove(calls)
+        registry.remove(calls)
+
+
+def record_kernels():
+    """Collect (gemm, kernel) for every GEMM that runs inside the block."""
+    return _recording(_recorders)
+
+
+def record_quantizers():
+    """Collect (operand, how it was quantized) for the kernel path's fused quantizers inside
+    the block: ("X", "row_col_fused") when X's fprop and wgrad operands came from one pass,
+    ("X", "two passes (<why>)") otherwise."""
+    return _recording(_quantizer_recorders)
 
 
 def note(gemm: str, kernel: str) -> None:
     for calls in _recorders:
         calls.append((gemm, kernel))
-
-
-_quantizer_recorders: list = []
-
-
-@contextmanager
-def record_quantizers():
-    """Collect (operand, how it was quantized) for the kernel path's fused quantizers inside
-    the block: ("X", "row_col_fused") when X's fprop and wgrad operands came from one pass,
-    ("X", "two passes (<why>)") otherwise."""
-    calls: list = []
-    _quantizer_recorders.append(calls)
-    try:
-        yield calls
-    finally:
-        _quantizer_recorders.remove(calls)
 
 
 def note_quantizer(operand: str, how: str) -> None:

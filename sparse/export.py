@@ -182,8 +182,11 @@ def sparse_linears(model: nn.Module, pattern: Optional[str] = None):
     return out
 
 
-class Compressed24Linear(nn.Module):
-    """A 2:4 linear layer stored compressed: ``values`` (out, in/2) and ``meta`` (out, in/8) uint8."""
+class _CompressedLinear(nn.Module):
+    """A sparse linear layer stored compressed: ``values`` (out, in/2) and ``meta`` uint8;
+    subclasses give the pattern (``PATTERN``), its checks and its codec."""
+
+    PATTERN = ""
 
     def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor]):
         super().__init__()
@@ -191,6 +194,27 @@ class Compressed24Linear(nn.Module):
         self.register_buffer("meta", meta)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.in_features, self.out_features = values.shape[1] * 2, values.shape[0]
+
+    def dense_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_linear(self) -> nn.Linear:
+        lin = _linear(self.dense_weight(), self.bias)
+        lin.is_2to4 = self.PATTERN == "2:4"
+        lin.sparsity_pattern = self.PATTERN
+        return lin
+
+    def forward(self, x):
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.PATTERN} compressed"
+
+
+class Compressed24Linear(_CompressedLinear):
+    """A 2:4 linear layer stored compressed: ``values`` (out, in/2) and ``meta`` (out, in/8) uint8."""
+
+    PATTERN = "2:4"
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> "Compressed24Linear":
@@ -205,28 +229,12 @@ class Compressed24Linear(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         return lowprec.reference.sparsity.decompress_24(self.values, self.meta)
 
-    def to_linear(self) -> nn.Linear:
-        lin = _linear(self.dense_weight(), self.bias)
-        lin.is_2to4 = True
-        return lin
 
-    def forward(self, x):
-        return F.linear(x, self.dense_weight(), self.bias)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, 2:4 compressed"
-
-
-class Compressed48PairwiseLinear(nn.Module):
+class Compressed48PairwiseLinear(_CompressedLinear):
     """A 4:8 pair-wise sparse linear layer stored compressed: ``values`` (out, in/2) and
     ``meta`` (out, in/16) uint8, two 2-bit kept-pair indices per group of 8."""
 
-    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor]):
-        super().__init__()
-        self.register_buffer("values", values)
-        self.register_buffer("meta", meta)
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.in_features, self.out_features = values.shape[1] * 2, values.shape[0]
+    PATTERN = "4:8 pair-wise"
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> "Compressed48PairwiseLinear":
@@ -241,18 +249,6 @@ class Compressed48PairwiseLinear(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         return lowprec.reference.sparsity.decompress_48_pairwise(self.values, self.meta)
-
-    def to_linear(self) -> nn.Linear:
-        lin = _linear(self.dense_weight(), self.bias)
-        lin.is_2to4 = False
-        lin.sparsity_pattern = "4:8 pair-wise"
-        return lin
-
-    def forward(self, x):
-        return F.linear(x, self.dense_weight(), self.bias)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, 4:8 pair-wise compressed"
 
 
 def compress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -273,8 +269,7 @@ def compress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def decompress_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     out = model if inplace else copy.deepcopy(model)
-    _replace(out, lambda name, mod: mod.to_linear()
-             if isinstance(mod, (Compressed24Linear, Compressed48PairwiseLinear)) else None)
+    _replace(out, lambda name, mod: mod.to_linear() if isinstance(mod, _CompressedLinear) else None)
     return out
 
 

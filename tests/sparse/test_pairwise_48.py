@@ -18,7 +18,7 @@ from torch import nn
 import lowprec
 from lowprec import sparse
 from lowprec.reference.sparsity import compress_48_pairwise, decompress_48_pairwise
-from lowprec.sim.model import TinyLM, TinyLMConfig
+from sparse_helpers import train_tiny
 
 
 def brute_force_pairs(scores_row8: torch.Tensor) -> tuple:
@@ -91,21 +91,6 @@ def test_config_checks():
     assert isinstance(cfg.convert_module(nn.Linear(16, 16)), sparse.SparseLinear)
 
 
-CFG = TinyLMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=16)
-
-
-def _trained(config, steps=6):
-    torch.manual_seed(0)
-    tr = sparse.SparseTrainer(TinyLM(CFG), config, total_steps=steps, lr=3e-3,
-                              module_filter_fn=lambda m, n: n != "head")
-    g = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(steps):
-        out = tr.step(torch.randint(0, 256, (4, 16), generator=g), torch.randint(0, 256, (4, 16), generator=g))
-        losses.append(float(out["loss"]) if isinstance(out, dict) else float(out))
-    return tr, losses
-
-
 PAIRWISE_CONFIGS = {
     "srste": sparse.SRSTEConfig(n=4, m=8, pattern="pairwise"),
     "srste-transposable": sparse.SRSTEConfig(n=4, m=8, pattern="pairwise", transposable=True),
@@ -117,7 +102,7 @@ PAIRWISE_CONFIGS = {
 
 @pytest.mark.parametrize("name", list(PAIRWISE_CONFIGS))
 def test_training_keeps_the_pattern_and_export_is_exact(name):
-    tr, losses = _trained(PAIRWISE_CONFIGS[name])
+    tr, losses = train_tiny(PAIRWISE_CONFIGS[name], 6)
     assert all(l == l and l < 20 for l in losses), losses                                  # finite, bounded
     layers = [m for m in tr.model.modules() if isinstance(m, sparse.SparseLinear)]
     assert layers and all(m.pattern == "pairwise" for m in layers)

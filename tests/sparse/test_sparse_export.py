@@ -9,19 +9,12 @@ from torch import nn
 
 import lowprec
 from lowprec import sparse
-from lowprec.sim.model import TinyLM, TinyLMConfig
-
-CFG = TinyLMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=16)
+from lowprec.sim.model import TinyLM
+from sparse_helpers import CFG, train_tiny
 
 
 def _trained(config, steps=5):
-    torch.manual_seed(0)
-    tr = sparse.SparseTrainer(TinyLM(CFG), config, total_steps=steps, lr=3e-3,
-                              module_filter_fn=lambda m, n: n != "head")
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        tr.step(torch.randint(0, 256, (4, 16), generator=g), torch.randint(0, 256, (4, 16), generator=g))
-    return tr
+    return train_tiny(config, steps)[0]
 
 
 @pytest.mark.parametrize("config", [sparse.SRSTEConfig(), sparse.ASTConfig(slorb_k=8, mask_interval=2),
