@@ -18,7 +18,12 @@ which layers stay in high precision). Knobs and their values:
 - ``high_layers``: ``head`` (only the output head in high precision) or ``first_last`` (also
   the linear layers of the first and last blocks);
 - ``late_switch``: the last fraction of the training steps runs the forward GEMMs in bf16
-  (a ``lowprec.schedule`` late switch; 0: none).
+  (a ``lowprec.schedule`` late switch; 0: none);
+- ``four_over_six``: Four Over Six block scales (``off``, ``mse``, ``mae``) on every operand
+  rounded to nearest (minifloat-scale formats only);
+- ``unbiased``: how the stochastic operands (``sr``) are made unbiased: ``sr`` (element-wise
+  stochastic rounding) or ``ms_eden`` (Quartet II's MS-EDEN: stochastic block scales);
+- ``outlier_channels``: OutControl, the input channels of largest |x| computed in bf16 (0: none).
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from ..recipe import GemmConfig, OperandConfig, Recipe, get
 
 DEFAULTS = {"format": "nvfp4", "block_size": None, "tensor_scale": None, "weight_tiles": True, "hadamard": 16,
             "hadamard_gemms": "wgrad", "hadamard_random": True, "sr": "grads", "estimator": "ste",
-            "high_layers": "head", "late_switch": 0.0}
+            "high_layers": "head", "late_switch": 0.0, "four_over_six": "off", "unbiased": "sr",
+            "outlier_channels": 0}
 CHOICES = {"format": ("nvfp4", "mxfp4", "ue5m3", "bf16"), "hadamard_gemms": ("wgrad", "all"),
            "sr": ("none", "grads", "backward"), "estimator": ("ste", "clipped_ste", "scale_grad"),
-           "high_layers": ("head", "first_last")}
+           "high_layers": ("head", "first_last"), "four_over_six": ("off", "mse", "mae"),
+           "unbiased": ("sr", "ms_eden")}
 
 
 def normalize(point: dict) -> dict:
@@ -54,6 +61,9 @@ def normalize(point: dict) -> dict:
     for k, allowed in CHOICES.items():
         if p[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {p[k]!r}")
+    p["outlier_channels"] = int(p["outlier_channels"] or 0)
+    if p["outlier_channels"] < 0:
+        raise ValueError(f"outlier_channels is a count >= 0, got {p['outlier_channels']}")
     p["late_switch"] = float(p["late_switch"] or 0.0)
     if not 0 <= p["late_switch"] < 1:
         raise ValueError(f"late_switch is a fraction of the steps in [0, 1), got {p['late_switch']}")
@@ -84,6 +94,12 @@ def label(point: dict) -> str:
         parts.append(p["high_layers"])
     if p["late_switch"]:
         parts.append(f"late-bf16-fwd:{p['late_switch']:g}")
+    if p["four_over_six"] != "off":
+        parts.append(f"4/6:{p['four_over_six']}")
+    if p["unbiased"] != "sr":
+        parts.append(p["unbiased"].replace("ms_eden", "MS-EDEN"))
+    if p["outlier_channels"]:
+        parts.append(f"out{p['outlier_channels']}xbf16")
     return " ".join(parts)
 
 
@@ -97,16 +113,20 @@ def build_recipe(point: dict) -> Recipe:
     if p["tensor_scale"] is not None:
         fmt = fmt.replace(tensor_scale=bool(p["tensor_scale"]))
     w_fmt = fmt.replace(block_2d=bool(p["weight_tiles"]))
-    sr_grads = "stochastic" if p["sr"] in ("grads", "backward") else "nearest"
-    sr_other = "stochastic" if p["sr"] == "backward" else "nearest"
+    random = "stochastic" if p["unbiased"] == "sr" else "ms_eden"
+    sr_grads = random if p["sr"] in ("grads", "backward") else "nearest"
+    sr_other = random if p["sr"] == "backward" else "nearest"
     h_all = p["hadamard"] if p["hadamard_gemms"] == "all" else 0
     rnd = bool(p["hadamard_random"])
-    fprop = GemmConfig(OperandConfig(fmt), OperandConfig(w_fmt), hadamard=h_all, hadamard_random=rnd)
-    dgrad = GemmConfig(OperandConfig(fmt, sr_grads), OperandConfig(w_fmt, sr_other), hadamard=h_all,
-                       hadamard_random=rnd)
-    wgrad = GemmConfig(OperandConfig(fmt, sr_grads), OperandConfig(fmt, sr_other), hadamard=p["hadamard"],
-                       hadamard_random=rnd)
-    return Recipe(label(p), fprop, dgrad, wgrad, estimator=p["estimator"])
+
+    def op(f, rounding="nearest"):
+        if p["four_over_six"] != "off" and rounding != "ms_eden":    # MS-EDEN chooses the scale itself
+            f = f.replace(four_over_six=p["four_over_six"])
+        return OperandConfig(f, rounding)
+    fprop = GemmConfig(op(fmt), op(w_fmt), hadamard=h_all, hadamard_random=rnd)
+    dgrad = GemmConfig(op(fmt, sr_grads), op(w_fmt, sr_other), hadamard=h_all, hadamard_random=rnd)
+    wgrad = GemmConfig(op(fmt, sr_grads), op(fmt, sr_other), hadamard=p["hadamard"], hadamard_random=rnd)
+    return Recipe(label(p), fprop, dgrad, wgrad, estimator=p["estimator"], outlier_channels=p["outlier_channels"])
 
 
 def high_precision_rule(point: dict, linear_names: list):

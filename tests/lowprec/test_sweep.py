@@ -42,6 +42,39 @@ def test_knobs_build_the_recipes_they_name():
     assert space.label({"hadamard": 32, "sr": "none"}) == "nvfp4 b16 ts W2d H32r@wgrad SR:none"
 
 
+def test_knobs_of_the_newer_techniques():
+    """four_over_six on the round-to-nearest operands, MS-EDEN for the unbiased ones (never
+    both on one operand), OutControl on the recipe; invalid combinations raise."""
+    r = space.build_recipe({"four_over_six": "mse", "unbiased": "ms_eden", "sr": "grads", "outlier_channels": 4})
+    assert r.fprop.lhs.format.four_over_six == "mse" and r.fprop.rhs.format.four_over_six == "mse"
+    assert r.dgrad.lhs.rounding == "ms_eden" and r.dgrad.lhs.format.four_over_six == "off"
+    assert r.dgrad.rhs.rounding == "nearest" and r.dgrad.rhs.format.four_over_six == "mse"
+    assert r.outlier_channels == 4
+    assert space.label({"four_over_six": "mse", "unbiased": "ms_eden", "outlier_channels": 4}).endswith(
+        "4/6:mse MS-EDEN out4xbf16")
+    with pytest.raises(ValueError, match="minifloat block scale"):
+        space.build_recipe({"format": "mxfp4", "four_over_six": "mse"})
+    with pytest.raises(ValueError, match="minifloat scales"):
+        space.build_recipe({"format": "mxfp4", "unbiased": "ms_eden"})
+
+
+def test_recorded_sweep_keeps_its_cache_keys():
+    """A run's cache key hashes its recipe's JSON. The knobs added later leave that JSON
+    unchanged for every point of the recorded LLaMA-256 sweep (no new keys at their
+    defaults), so its cached runs are still found instead of being re-run or mixed up."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "sweep_llama256"
+    points = [json.loads(p.read_text())["point"] for p in sorted((root / "cache").glob("*.json"))]
+    assert len(points) > 50
+    for point in points:
+        text = space.build_recipe(point).to_json()
+        assert "four_over_six" not in text and "outlier_channels" not in text, point
+    context = {"train": {}, "seed": 0}
+    assert space.point_key(points[0], context) == space.point_key(
+        {**points[0], "four_over_six": "off", "unbiased": "sr", "outlier_channels": 0}, context)
+
+
 def test_grid_expansion_keys_and_layer_rule():
     pts = space.expand({"format": ["bf16", "nvfp4"], "hadamard": [0, 16]})
     assert [space.label(p) for p in pts] == ["bf16", "nvfp4 b16 ts W2d noH SR:grads",
