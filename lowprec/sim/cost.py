@@ -19,7 +19,8 @@ fprop (T x K by N x K), dgrad (T x N by K x N) and wgrad (N x T by K x T), each 
             element at the BF16 rate (fused with the quantizer: no extra traffic);
     a forward estimator other than STE: 3 bytes per element (its factor) and 2 ops in backward;
     Four Over Six: 15 more ops per element (a second candidate scale, both candidates rounded
-            to nearest, and their block errors), no extra traffic (one fused pass).
+            to nearest, and their block errors), no extra traffic (one fused pass);
+    OutControl (k outlier channels): their three GEMMs at the BF16 rate, plus one read of X.
 - A weight in 2-D tiles with no transform and nearest rounding is quantized once for fprop and
   dgrad (the same codes serve Wᵀ); otherwise each GEMM quantizes its own operand.
 
@@ -89,6 +90,9 @@ def layer_time(recipe, tokens: int, in_f: int, out_f: int, machine: Machine = Ma
         t += nbytes / machine.bandwidth + ops / machine.vector_ops
         if g.hadamard:
             t += 2 * g.hadamard * e / machine.bf16_flops
+    k = min(getattr(recipe, "outlier_channels", 0), in_f)
+    if k:   # OutControl: the k channels' three GEMMs in bf16, and one read of X to find them
+        t += 3 * 2.0 * tokens * k * out_f / machine.bf16_flops + 2.0 * tokens * in_f / machine.bandwidth
     if recipe.estimator != "ste" and recipe.fprop.lhs.quantized:
         e = tokens * in_f
         t += machine.estimator_bytes * e / machine.bandwidth + machine.estimator_ops * e / machine.vector_ops

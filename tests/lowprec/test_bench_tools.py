@@ -142,3 +142,4 @@ def test_recipe_cost_table(tmp_path, monkeypatch):
     assert rows["bf16"]["cost"] == 1.0
     assert rows["nvfp4"]["cost"] < rows["nvfp4_4over6"]["cost"] < rows["nvfp4_4over6_full"]["cost"] < 1.0
     assert rows["nvfp4"]["cost"] < rows["nvfp4_full"]["cost"] < 1.0
+    assert rows["nvfp4"]["cost"] < rows["tetrajet2"]["cost"] < rows["nvfp4_4over6"]["cost"]   # 4 bf16 channels
