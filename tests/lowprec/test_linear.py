@@ -40,6 +40,7 @@ def fp32_layer(x, w, dy):
 
 # floors in dB for (output, grad_x, grad_w), measured with margin on this data
 FLOORS = {"bf16": (40, 40, 40), "mxfp8": (25, 22, 22), "mxfp4": (11, 9, 9), "nvfp4": (15, 13, 13), "ue5m3": (15, 13, 13),
+          "nvfp4_4over6": (15, 13, 14), "quartet2": (17, 15, 12),
           # inference presets: the forward only (gradients are fp32, exact on this data)
           "nvfp4_weight_only": (19, 60, 60), "nvfp4_w4a4": (17, 60, 60), "mxfp4_weight_only": (17, 60, 60),
           "mxfp4_w4a4": (12, 60, 60)}
