@@ -164,3 +164,15 @@ def test_fp4_layers_quantize_the_pairwise_weights():
     rel = float((y1 - y0).norm() / y0.norm())
     assert 0 < rel < 0.3, rel
     assert lowprec.recipes.get("nvfp4") == fp4.recipe
+
+
+def test_a_dense_nm_export_is_not_flagged_24():
+    """Before: every exported layer was flagged is_2to4 whatever its N:M, so a 4:8 (plain N:M)
+    export claimed 2:4 and compress_model / to_semi_structured took it for 2:4."""
+    tr, _ = train_tiny(sparse.SRSTEConfig(n=4, m=8), 3)
+    out = sparse.export(tr.model.eval())
+    layers = sparse.sparse_linears(out)
+    assert layers and all(m.sparsity_pattern == "4:8" for _, m in layers)
+    assert not any(m.is_2to4 for _, m in layers)
+    tr2, _ = train_tiny(sparse.SRSTEConfig(), 3)
+    assert all(m.is_2to4 for _, m in sparse.sparse_linears(sparse.export(tr2.model.eval())))
