@@ -3,6 +3,11 @@
   fprop  Y  = Q(X T_f) Q(W T_f)^T + b                   T_f along in_features
   dgrad  dX = Q(dY T_d) Q(T_d^T W)  (then the X-estimator factor, in the fprop domain)
   wgrad  dW = Q(T_w^T dY)^T Q(T_w^T X)  (then the W-estimator factor)   T_w along tokens
+With ``Recipe.backward_operands="forward"`` (Quartet) the backward GEMMs read the forward's
+quantized operands X_q = Q(X T_f) and W_q = Q(W T_f) instead of X and W, and run in the
+fprop domain:  dX = (Q(dY T_d) Q(T_d^T W_q) * X-factor) T_f^T,
+               dW = (Q(T_w^T dY)^T Q(T_w^T X_q) * W-factor) T_f^T:
+the gradient of the forward the layer computed, re-quantized for the backward GEMMs.
 Each T is a (randomized) block Hadamard transform applied to both operands along the
 GEMM's reduction axis, so the exact product is unchanged; tokens are zero-padded to a
 multiple of the wgrad Hadamard size.  The reference GEMM is the fp32 matmul of the
@@ -28,7 +33,7 @@ from .distributed import data_parallel_amax
 from .activation_operands import fused_x_operands, fusion_blocker
 from .execution import kernels_for, note, note_quantizer
 from .gemm import qgemm
-from .gemm_operands import as_gemm_operand
+from .gemm_operands import as_gemm_operand, element_scales
 from .library import fake_quantize_eager, fake_quantize_op, format_from_json, format_to_json
 from .tensor import QuantizedTensor
 from .recipe import OperandConfig, Recipe
@@ -63,6 +68,7 @@ class LinearPlan(NamedTuple):
     key: str = ""        # names the plan to the custom ops (a digest of the recipe; see _PLANS)
     gemm_backend: str = "auto"   # which kernels compute the GEMMs (lowprec.execution)
     outlier_channels: int = 0    # OutControl: input channels computed in bf16 (Recipe.outlier_channels)
+    from_forward: bool = False   # the backward GEMMs read the forward's quantized X and W (Recipe.backward_operands)
 
 
 # Plans by key: torch.compile graphs call the quantized linear as opaque custom ops that take
@@ -88,14 +94,15 @@ RANK_LOCAL_SLOTS = (True, False, True, False, True, True)
 def plan_for(recipe: Recipe) -> LinearPlan:
     ops_ = (recipe.fprop.lhs, recipe.fprop.rhs, recipe.dgrad.lhs, recipe.dgrad.rhs, recipe.wgrad.lhs, recipe.wgrad.rhs)
     f = recipe.fprop
+    from_forward = recipe.backward_operands == "forward"
     reuse = (recipe.dgrad.rhs == f.rhs and f.rhs.quantized and f.rhs.format.block_2d
-             and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic)
+             and not f.hadamard and not recipe.dgrad.hadamard and not f.rhs.stochastic and not from_forward)
     key = hashlib.sha256(repr(recipe).encode()).hexdigest()[:32]
     plan = LinearPlan(tuple(_operand_plan(o, a, recipe.sync_tensor_amax and local)
                             for o, a, local in zip(ops_, SLOT_AXES, RANK_LOCAL_SLOTS)),
                       tuple((g.hadamard, g.hadamard_random) for g in (f, recipe.dgrad, recipe.wgrad)),
                       recipe.estimator, recipe.backend, reuse, _hadamard_impls(recipe), key, recipe.gemm_backend,
-                      recipe.outlier_channels)
+                      recipe.outlier_channels, from_forward)
     _PLANS.setdefault(key, plan)
     return plan
 
@@ -169,6 +176,20 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
     return x_hat, (factor if factor.numel() else None)
 
 
+def clipped_mask(t: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+    """The ``clipped_ste`` factor of ``t`` quantized as ``q``: 1 where |t| <= elem_max * s_eff
+    (or s_eff == 0), 0 where the element saturated; bit for bit ``estimators.grad_factor``'s,
+    since s_eff is the same fp32 value per block."""
+    s = element_scales(q)
+    t = t.to(torch.float32)
+    return ((t.abs() <= q.fmt.element.max * s) | (s == 0)).to(torch.float32)
+
+
+def dequantize_codes(q: QuantizedTensor) -> torch.Tensor:
+    """fp32 values of a quantized operand (what the fp32 matmul of the simulator multiplies)."""
+    return ops.resolve("dequantize", "auto", q.device)(q, torch.float32)
+
+
 def quantize_codes(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_offset: int, backend: str):
     """The operand as a QuantizedTensor (codes and scales): the same quantization, bit for bit,
     as ``quantize_operand``'s fake-quantized values (same format, rounding, Philox bits)."""
@@ -226,8 +247,9 @@ def _x_operands(x, rng, plan: LinearPlan, layer_seed: int, offsets, out_f: int, 
 
 def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int, want_x_codes: bool = False):
     """(Y in x's dtype, X-estimator factor, W-estimator factor, fprop's quantized W kept for
-    dgrad, wgrad's quantized X or None); the middle three are empty tensors when there is
-    none.  ``want_x_codes``: also return wgrad's quantized X (the kernel path saves it for
+    dgrad, fprop's quantized X kept for wgrad, wgrad's quantized X or None); the middle four
+    are empty tensors when there is none (the quantized X and W are kept with
+    ``plan.from_forward``, W also when dgrad reuses it).  ``want_x_codes``: also return wgrad's quantized X (the kernel path saves it for
     backward), made together with fprop's when the fprop GEMM runs on the kernel too."""
     tokens, in_f = x.shape
     out_f = weight.shape[0]
@@ -240,25 +262,33 @@ def _forward_math(x, weight, bias, rng, plan: LinearPlan, layer_seed: int, want_
         qx, q_xw = _x_operands(x, rng, plan, layer_seed, offsets, out_f, want_x_codes)
         qw = quantize_codes(w_t, ops_[1], rng, offsets[1], plan.backend)
         y = _fp4_gemm("fprop", qx, qw, False, False, kernels_for(plan, x.device.type)[0].kernel)
-        x_factor = w_factor = wq = None          # STE only; dgrad quantizes W again from its codes' recipe
+        x_factor = w_factor = wq = None          # dgrad quantizes W again from its codes' recipe
+        if plan.estimator == "clipped_ste":      # the trust mask, from the codes' scales
+            x_factor = clipped_mask(_transform(x, had[0], -1, layer_seed, 0, impls=impls), qx)
+            w_factor = clipped_mask(w_t, qw)
+        if plan.from_forward:
+            xq, wq = dequantize_codes(qx), dequantize_codes(qw)
     else:
         note("fprop", "fp32_matmul")
         x_t = _transform(x, had[0], -1, layer_seed, 0, impls=impls)
         xq, x_factor = quantize_operand(x_t, ops_[0], rng, offsets[0], plan.estimator, plan.backend)
         wq, w_factor = quantize_operand(w_t, ops_[1], rng, offsets[1], plan.estimator, plan.backend)
         y = xq @ wq.t()
-        wq = wq if plan.reuse_weight else None
+        wq = wq if plan.reuse_weight or plan.from_forward else None
     if bias is not None:
         y = y + bias.to(torch.float32)
     if want_x_codes and q_xw is None:
         q_xw = wgrad_x_codes(x, out_f, rng, plan, layer_seed)
+    xq_kept = xq if plan.from_forward else None
     return (y.to(x.dtype), none if x_factor is None else x_factor, none if w_factor is None else w_factor,
-            none if wq is None else wq, q_xw)
+            none if wq is None else wq, none if xq_kept is None else xq_kept, q_xw)
 
 
-def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan: LinearPlan, layer_seed: int,
-                   need_x: bool, need_w: bool, need_b: bool, x_w_codes=None, x_meta=None):
+def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, xq_kept, plan: LinearPlan,
+                   layer_seed: int, need_x: bool, need_w: bool, need_b: bool, x_w_codes=None, x_meta=None):
     """(dX, dW, db) of the three quantized GEMMs; empty tensors for gradients not asked for.
+    ``wq_reused`` / ``xq_kept``: the forward's quantized W / X (``plan.from_forward``; W also
+    when dgrad reuses fprop's tiles), else empty.
     ``x_w_codes``: wgrad's quantized X, saved by the kernel path's forward in place of ``x``;
     ``x`` is None when the forward kept none (then ``x_meta`` = (shape, dtype) describes it)."""
     x_shape, x_dtype = (x.shape, x.dtype) if x is not None else x_meta
@@ -270,41 +300,42 @@ def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan
     dy = grad_out.to(torch.float32)
     none = dy.new_empty(0)
     grad_x = grad_w = grad_b = none
+    from_fwd = plan.from_forward
+    w_src = wq_reused if from_fwd else weight        # from_forward: W_q, in the fprop domain
+    x_src = xq_kept if from_fwd else x
 
     if need_x:
         dy_t = _transform(dy, had[1], -1, layer_seed, 1, impls=impls)
         if kernels[1].quantized:
             qdy = quantize_codes(dy_t, ops_[2], rng, offsets[2], backend)
-            qw = quantize_codes(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng, offsets[3],
+            qw = quantize_codes(_transform(w_src, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng, offsets[3],
                                 backend)
             grad_x = _fp4_gemm("dgrad", qdy, qw, False, True, kernels[1].kernel)
         else:
             note("dgrad", "fp32_matmul")
             dyq, _ = quantize_operand(dy_t, ops_[2], rng, offsets[2], "ste", backend)
-            if wq_reused.numel():
+            if wq_reused.numel() and not from_fwd:
                 wq = wq_reused
             else:
-                wq, _ = quantize_operand(_transform(weight, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng,
+                wq, _ = quantize_operand(_transform(w_src, had[1], 0, layer_seed, 1, impls=impls), ops_[3], rng,
                                          offsets[3], "ste", backend)
             grad_x = dyq @ wq
-        if x_factor.numel():
-            grad_x = _apply_factor(grad_x, x_factor, had[0], layer_seed, impls)
+        grad_x = _to_input_domain(grad_x, x_factor, had[0], layer_seed, impls, from_fwd)
         grad_x = grad_x.to(x_dtype)
 
     if need_w:
         dy_w = _transform(_wgrad_padded(dy, plan), had[2], 0, layer_seed, 2, impls=impls)
         if kernels[2].quantized:
             qdy = quantize_codes(dy_w, ops_[4], rng, offsets[4], backend)
-            qx = x_w_codes if x_w_codes is not None else wgrad_x_codes(x, out_f, rng, plan, layer_seed)
+            qx = x_w_codes if x_w_codes is not None else wgrad_x_codes(x_src, out_f, rng, plan, layer_seed)
             grad_w = _fp4_gemm("wgrad", qdy, qx, True, True, kernels[2].kernel)
         else:
             note("wgrad", "fp32_matmul")
             dyq, _ = quantize_operand(dy_w, ops_[4], rng, offsets[4], "ste", backend)
-            x_w = _transform(_wgrad_padded(x, plan), had[2], 0, layer_seed, 2, impls=impls)
+            x_w = _transform(_wgrad_padded(x_src, plan), had[2], 0, layer_seed, 2, impls=impls)
             xq, _ = quantize_operand(x_w, ops_[5], rng, offsets[5], "ste", backend)
             grad_w = dyq.t() @ xq
-        if w_factor.numel():
-            grad_w = _apply_factor(grad_w, w_factor, had[0], layer_seed, impls)
+        grad_w = _to_input_domain(grad_w, w_factor, had[0], layer_seed, impls, from_fwd)
         grad_w = grad_w.to(weight.dtype)
 
     if need_b:
@@ -319,8 +350,9 @@ def _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan
 # code, and compile in seconds.
 @torch.library.custom_op("lowprec::quant_linear_forward", mutates_args=())
 def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rng: torch.Tensor,
-                plan_key: str, layer_seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _unaliased(_forward_math(x, weight, bias, rng, _PLANS[plan_key], layer_seed)[:4], (x, weight, bias))
+                plan_key: str, layer_seed: int
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _unaliased(_forward_math(x, weight, bias, rng, _PLANS[plan_key], layer_seed)[:5], (x, weight, bias))
 
 
 def _unaliased(outputs, inputs):
@@ -347,22 +379,24 @@ def _(x, weight, bias, rng, plan_key, layer_seed):
     x_factor = x.new_empty(x.shape if factors and plan.operands[0].kind == "quant" else (0,), dtype=f32)
     w_factor = x.new_empty(weight.shape if factors and plan.operands[1].kind == "quant" else (0,), dtype=f32)
     reuse = plan.reuse_weight and not kernels_for(plan, x.device.type)[0].quantized  # as _forward_math
-    wq = x.new_empty(weight.shape if reuse else (0,), dtype=f32)
-    return x.new_empty((x.shape[0], weight.shape[0])), x_factor, w_factor, wq
+    wq = x.new_empty(weight.shape if reuse or plan.from_forward else (0,), dtype=f32)
+    xq = x.new_empty(x.shape if plan.from_forward else (0,), dtype=f32)
+    return x.new_empty((x.shape[0], weight.shape[0])), x_factor, w_factor, wq, xq
 
 
 @torch.library.custom_op("lowprec::quant_linear_backward", mutates_args=())
 def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rng: torch.Tensor,
-                 x_factor: torch.Tensor, w_factor: torch.Tensor, wq_reused: torch.Tensor, plan_key: str,
-                 layer_seed: int, need_x: bool, need_w: bool, need_b: bool
+                 x_factor: torch.Tensor, w_factor: torch.Tensor, wq_reused: torch.Tensor, xq_kept: torch.Tensor,
+                 plan_key: str, layer_seed: int, need_x: bool, need_w: bool, need_b: bool
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, _PLANS[plan_key], layer_seed,
-                           need_x, need_w, need_b)
-    return _unaliased(grads, (grad_out, x, weight, rng, x_factor, w_factor, wq_reused))
+    grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, xq_kept, _PLANS[plan_key],
+                           layer_seed, need_x, need_w, need_b)
+    return _unaliased(grads, (grad_out, x, weight, rng, x_factor, w_factor, wq_reused, xq_kept))
 
 
 @_backward_op.register_fake
-def _(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, plan_key, layer_seed, need_x, need_w, need_b):
+def _(grad_out, x, weight, rng, x_factor, w_factor, wq_reused, xq_kept, plan_key, layer_seed, need_x, need_w,
+      need_b):
     f32 = torch.float32
     return (torch.empty_like(x) if need_x else x.new_empty(0, dtype=f32),
             torch.empty_like(weight) if need_w else x.new_empty(0, dtype=f32),
@@ -376,48 +410,57 @@ class QuantLinearFunction(torch.autograd.Function):
         compiling = torch.compiler.is_compiling()
         # Backward needs X only for wgrad: on the kernel path keep its quantized operand (4-bit
         # codes and scales, the same bits the backward would draw) instead of the fp32 activations.
-        keep_codes = (not compiling and ctx.needs_input_grad[1]
+        keep_codes = (not compiling and ctx.needs_input_grad[1] and not plan.from_forward
                       and kernels_for(plan, x.device.type)[2].quantized)
         if compiling:
-            y, x_factor, w_factor, wq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
+            y, x_factor, w_factor, wq, xq = _forward_op(x, weight, bias, rng, plan.key, layer_seed)
         else:
-            y, x_factor, w_factor, wq, q = _forward_math(x, weight, bias, rng, plan, layer_seed, keep_codes)
+            y, x_factor, w_factor, wq, xq, q = _forward_math(x, weight, bias, rng, plan, layer_seed, keep_codes)
         ctx.cfg = (plan, layer_seed, bias is not None)
         ctx.x_codes, ctx.x_meta = None, (x.shape, x.dtype)
         saved_x, codes = x, ()
-        if not compiling and not ctx.needs_input_grad[1]:
-            saved_x = None           # X only feeds wgrad: a frozen weight (PEFT's base) needs none
+        if not compiling and (not ctx.needs_input_grad[1] or plan.from_forward):
+            saved_x = None           # X only feeds wgrad: a frozen weight (PEFT's base) needs none, nor
+            #                          a backward that reads the forward's quantized X
         elif keep_codes:
             ctx.x_codes = (q.fmt, q.shape, q.dtype, q.axis)
             saved_x = None
             codes = (q.codes, q.scales, q.tensor_scale if q.tensor_scale is not None else q.scales.new_empty(0))
-        ctx.save_for_backward(saved_x, weight, rng, x_factor, w_factor, wq, *codes)
+        ctx.save_for_backward(saved_x, weight, rng, x_factor, w_factor, wq, xq, *codes)
         return y
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, weight, rng, x_factor, w_factor, wq, *codes = ctx.saved_tensors
+        x, weight, rng, x_factor, w_factor, wq, xq, *codes = ctx.saved_tensors
         plan, layer_seed, has_bias = ctx.cfg
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
         with torch.autocast(grad_out.device.type, enabled=False):   # a backward run under autocast
             if torch.compiler.is_compiling():
-                grads = _backward_op(grad_out, x, weight, rng, x_factor, w_factor, wq, plan.key, layer_seed, *need)
+                grads = _backward_op(grad_out, x, weight, rng, x_factor, w_factor, wq, xq, plan.key, layer_seed, *need)
             else:
                 q = None
                 if ctx.x_codes is not None:
                     ts = codes[2] if codes[2].numel() else None
                     q = QuantizedTensor(codes[0], codes[1], ts, *ctx.x_codes)
-                grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, plan, layer_seed, *need,
+                grads = _backward_math(grad_out, x, weight, rng, x_factor, w_factor, wq, xq, plan, layer_seed, *need,
                                        x_w_codes=q, x_meta=ctx.x_meta)
         grad_x, grad_w, grad_b = (g if n else None for g, n in zip(grads, need))
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _apply_factor(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, layer_seed: int,
-                  impls: tuple) -> torch.Tensor:
-    """Multiply by the forward quantizer's df/dx in the fprop (transformed) domain, and map back."""
+def _to_input_domain(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, layer_seed: int, impls: tuple,
+                     in_fprop_domain: bool) -> torch.Tensor:
+    """A backward GEMM's gradient of X or W, times the forward quantizer's df/dx (``factor``,
+    empty for the straight-through estimator), in the input domain. ``in_fprop_domain``: the
+    GEMM read the forward's quantized operands, so its result is already in the fprop
+    (transformed) domain: multiply, then map back; otherwise map there first."""
     if not hadamard[0]:
-        return grad * factor
+        return grad * factor if factor.numel() else grad
+    if in_fprop_domain:
+        g_t = grad * factor if factor.numel() else grad
+        return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
+    if not factor.numel():
+        return grad
     g_t = _transform(grad, hadamard, -1, layer_seed, 0, impls=impls) * factor
     return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
 

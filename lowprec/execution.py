@@ -24,9 +24,9 @@ with a warning, never silently. ``gemm_kernels(recipe, device)`` says what runs 
 
 A GEMM takes ``fp4_qgemm`` when both operands are quantized with E2M1 elements, the same
 power-of-two block size and 8-bit block scales (1-D blocks along the GEMM's reduction axis, or
-2-D tiles, which are the same values), and, for fprop, the estimator is ``ste`` (the other
-estimators scale the gradient by a factor computed from the fake-quantized operand, which the
-kernel path does not produce).
+2-D tiles, which are the same values), and, for fprop, the estimator is ``ste`` or
+``clipped_ste`` (whose trust mask the kernel path computes from the codes' block scales;
+``scale_grad`` needs the fake-quantized operand, which the kernel path does not produce).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _fp4_blocker(lhs, rhs, gemm: str, estimator: str) -> Optional[str]:
             return f"{gemm}.{side} has block size {f.block_size}; the FP4 GEMM needs a power of two"
     if fa.block_size != fb.block_size:
         return f"{gemm} operands have block sizes {fa.block_size} and {fb.block_size}; the FP4 GEMM needs one"
-    if gemm == "fprop" and estimator != "ste":
+    if gemm == "fprop" and estimator not in ("ste", "clipped_ste"):
         return f"the {estimator} estimator needs the fake-quantized forward operands"
     return None
 

@@ -26,10 +26,12 @@ __all__ = [
     "E8M0", "UE4M3", "UE5M3", "FP32_SCALE",
     "MXFP4", "NVFP4", "UE5M3_FP4", "MXFP8", "MXFP6_E2M3", "MXFP6_E3M2",
     "element_format", "scale_format", "get_format", "PRESETS", "nonclipping", "clips_block_max", "effective_format",
+    "gaussian_clip_ratio",
 ]
 
-ScaleRule = Literal["floor", "ceil", "even", "rceil", "amax"]
-E8M0_RULES = ("floor", "ceil", "even", "rceil")
+ScaleRule = Literal["floor", "ceil", "even", "rceil", "rfloor", "amax"]
+E8M0_RULES = ("floor", "ceil", "even", "rceil", "rfloor")
+SCALE_STATISTICS = ("amax", "gaussian")
 
 
 def _minifloat_value(code: int, ebits: int, mbits: int, bias: int) -> float:
@@ -250,6 +252,44 @@ def scale_format(name_or_fmt: Union[str, ScaleFormat]) -> ScaleFormat:
         raise ValueError(f"unknown scale format {name_or_fmt!r}; known: {sorted(_SCALES)}") from None
 
 
+@lru_cache(maxsize=None)
+def gaussian_clip_ratio(elem: "ElementFormat") -> float:
+    """kappa*, the clipping ratio c / sigma that minimizes E[(x - Q_c(x))^2] for x ~ N(0, 1),
+    Q_c rounding to nearest on the element grid g_0 = 0 < g_1 < ... < g_m scaled so that its
+    max is c (values beyond c saturate): the MSE-optimal clip of a Gaussian (QuEST).
+    With p_i = g_i c / g_m and cell edges e_i at the midpoints (e_0 = 0, e_(m+1) = inf), the
+    boundary terms of d/dc cancel (the error is continuous across a midpoint), so
+      dMSE/dc = -(4 / g_m) sum_i g_i [phi(e_i) - phi(e_(i+1)) - p_i (Phi(e_(i+1)) - Phi(e_i))],
+    whose root on [0.5, 16] is found by bisection in fp64 and rounded to fp32 (E2M1:
+    2.9224751, of 2.92247507137...)."""
+    grid = sorted(elem.positive_grid())
+    top = grid[-1]
+
+    def phi(t):
+        return 0.0 if math.isinf(t) else math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+
+    def Phi(t):
+        return 0.5 * math.erfc(-t / math.sqrt(2.0))
+
+    def slope(c):
+        pts = [g * c / top for g in grid]
+        edges = [0.0] + [(pts[i] + pts[i + 1]) / 2 for i in range(len(pts) - 1)] + [math.inf]
+        total = 0.0
+        for i, (g, p) in enumerate(zip(grid, pts)):
+            a, b = edges[i], edges[i + 1]
+            total += g * (phi(a) - phi(b) - p * (Phi(b) - Phi(a)))
+        return -4.0 / top * total
+
+    lo, hi = 0.5, 16.0          # the slope is negative at lo and positive at hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if slope(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return float(torch.tensor((lo + hi) / 2, dtype=torch.float32))
+
+
 FOUR_OVER_SIX_MODES = ("off", "mse", "mae")
 FOUR_OVER_SIX_ALT = 4.0      # the second block-max target of Four Over Six (the first is E2M1's max, 6)
 
@@ -277,6 +317,19 @@ class QuantFormat:
     pairwise tree in fp32 (``reference.scales.four_over_six_codes``). Ties keep 6. The tensor
     scale maps the tensor amax to scale_max * 4 instead of scale_max * 6, so that neither
     candidate's scale overflows.
+    ``scale_statistic``: what a block's scale maps to the element max. ``amax`` (default): the
+    block's max |x|. ``gaussian`` (QuEST): the MSE-optimal clipping value of a Gaussian with the
+    block's RMS, c = (kappa * sqrt(S / n)) * amax with S = pairwise sum of (x / amax)^2 over the
+    n elements of the block (padding included) and kappa = ``gaussian_clip_ratio(element)``
+    (2.9224751 for E2M1), all in fp32, clamped to the fp32 max (c = 0 when amax = 0, NaN or Inf
+    when amax is); elements beyond the clipping value saturate, by design. ``rfloor`` (e8m0):
+    2^floor(log2(c / elem_max)), QuEST/Quartet's rounding of that scale.
+    ``pre_scale`` (e8m0 scales, no tensor scale): a constant factor p applied before the scale
+    rule's scale is applied, as a fixed second-level scale S_enc = p: the block's code is the
+    rule's code for its amax (unchanged), s_eff = decode / p, so the elements are x / s_eff =
+    p x / decode; the stored tensor scale is p. With the ``floor`` rule, p = 3/4 keeps every
+    block max on the grid (p * amax / decode < 3/4 * 8 = 6): the "3/4 pre-scale" of Tseng et al.
+    and of Quartet's backward pass.
     """
 
     element: ElementFormat = E2M1
@@ -290,6 +343,8 @@ class QuantFormat:
     name: str = ""
     division: Literal["ieee", "reciprocal"] = "ieee"
     four_over_six: Literal["off", "mse", "mae"] = "off"
+    scale_statistic: Literal["amax", "gaussian"] = "amax"
+    pre_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "element", element_format(self.element))
@@ -302,7 +357,7 @@ class QuantFormat:
         for flag in ("block_2d", "tensor_scale"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
-        if self.scale_rule not in ("floor", "ceil", "even", "rceil", "amax"):
+        if self.scale_rule not in E8M0_RULES + ("amax",):
             raise ValueError(f"unknown scale_rule {self.scale_rule!r}")
         if self.scale.kind == "e8m0" and self.scale_rule not in E8M0_RULES:
             raise ValueError(f"e8m0 scales take scale_rule in {E8M0_RULES}, got {self.scale_rule!r}")
@@ -323,6 +378,33 @@ class QuantFormat:
         if self.four_over_six != "off" and (self.element.name != "e2m1" or self.scale.kind != "minifloat"):
             raise ValueError("four_over_six chooses between the E2M1 grid points 6 and 4 with a minifloat block "
                              f"scale; this format has {self.element.name} elements and {self.scale.name} scales")
+        if self.scale_statistic not in SCALE_STATISTICS:
+            raise ValueError(f"scale_statistic must be one of {SCALE_STATISTICS}, got {self.scale_statistic!r}")
+        if self.scale_statistic != "amax" and self.four_over_six != "off":
+            raise ValueError("four_over_six compares scales mapping the block amax to 6 and 4; it does not combine "
+                             "with scale_statistic='gaussian'")
+        if self.scale_statistic != "amax" and self.scale.kind == "fp32":
+            raise ValueError("scale_statistic='gaussian' needs 8-bit block scales (e8m0, ue4m3, ue5m3)")
+        if isinstance(self.pre_scale, bool) or not isinstance(self.pre_scale, (int, float)):
+            raise TypeError(f"pre_scale must be a number, got {self.pre_scale!r}")
+        object.__setattr__(self, "pre_scale", float(self.pre_scale))
+        if not 0.0 < self.pre_scale <= 1.0 or float(torch.tensor(self.pre_scale, dtype=torch.float32)) != self.pre_scale:
+            raise ValueError(f"pre_scale must be an fp32 number in (0, 1], got {self.pre_scale!r}")
+        if self.pre_scale != 1.0 and (self.scale.kind != "e8m0" or self.tensor_scale):
+            raise ValueError("pre_scale is a fixed second-level scale for e8m0 block scales without a tensor scale "
+                             f"(minifloat scales have tensor_scale for that); this format has {self.scale.name} "
+                             f"scales{' and a tensor scale' if self.tensor_scale else ''}")
+
+    @property
+    def encode_scaled(self) -> bool:
+        """Whether the format has a second-level scale S_enc (a tensor scale, or a pre_scale),
+        stored as the QuantizedTensor's ``tensor_scale``."""
+        return self.tensor_scale or self.pre_scale != 1.0
+
+    @property
+    def gaussian_kappa(self) -> float:
+        """The clipping ratio of ``scale_statistic='gaussian'`` (``gaussian_clip_ratio``)."""
+        return gaussian_clip_ratio(self.element)
 
     @property
     def scale_target(self) -> float:
@@ -337,8 +419,10 @@ class QuantFormat:
         d["scale"] = self.scale.name
         if self.scale.convention and self.scale.convention != "nan_ff":
             d["scale_convention"] = self.scale.convention
-        if self.four_over_six == "off":
-            del d["four_over_six"]          # formats without it keep the JSON they always had
+        # formats without these keep the JSON (and the cache keys) they always had
+        for key, default in (("four_over_six", "off"), ("scale_statistic", "amax"), ("pre_scale", 1.0)):
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -371,7 +455,9 @@ class QuantFormat:
         return (f"{self.element.name}/{self.scale!r}/{blocks}/{self.scale_rule}"
                 + ("/up" if self.scale_rounding == "up" else "") + ("+tensor" if self.tensor_scale else "")
                 + ("+rcp" if self.division == "reciprocal" else "")
-                + (f"+4/6({self.four_over_six})" if self.four_over_six != "off" else ""))
+                + (f"+4/6({self.four_over_six})" if self.four_over_six != "off" else "")
+                + ("+gauss" if self.scale_statistic == "gaussian" else "")
+                + (f"*{self.pre_scale:g}" if self.pre_scale != 1.0 else ""))
 
 
 MXFP4 = QuantFormat(E2M1, E8M0, 32, scale_rule="floor", name="mxfp4")
@@ -400,8 +486,14 @@ def clips_block_max(fmt: QuantFormat) -> bool:
     it saturates: the e8m0 ``floor`` and ``even`` rules (values in (6, 8) scale units clip
     for E2M1), and minifloat scales rounded to nearest (rounded down by up to half a scale
     ulp). Stochastic rounding is unbiased only where nothing saturates."""
+    if fmt.scale_statistic == "gaussian":
+        return True          # the Gaussian clipping value sits below the block max by design
     if fmt.scale.kind == "e8m0":
-        return fmt.scale_rule in ("floor", "even")
+        if fmt.scale_rule == "rfloor":
+            return True
+        # floor/even: the block max lands in [2^emax, 2^(emax+1)) scale units (even: below
+        # 2^(emax+1) after rounding), times the pre-scale
+        return fmt.scale_rule in ("floor", "even") and fmt.pre_scale * 2.0 ** (fmt.element.emax + 1) > fmt.element.max
     if fmt.scale.kind == "minifloat":
         return fmt.scale_rounding != "up"
     return False
@@ -415,6 +507,10 @@ def nonclipping(fmt: QuantFormat) -> QuantFormat:
     format describes itself (e.g. ``e2m1/e8m0/1x32/rceil``)."""
     if not clips_block_max(fmt):
         return fmt
+    if fmt.scale_statistic == "gaussian":
+        raise ValueError(f"{fmt}: the Gaussian clipping scale (scale_statistic='gaussian') clips by design, so "
+                         "stochastic rounding with it is biased; pass sr_clipping=True to use it anyway, or "
+                         "quantize stochastic operands with the amax statistic")
     if fmt.scale.kind == "e8m0":
         return fmt.replace(scale_rule="rceil")
     return fmt.replace(scale_rounding="up")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .blocking import from_blocks, from_stored, make_layout
+from .reference.scales import decode_scales, effective_scale
 from .tensor import QuantizedTensor, pack_nibbles
 
 
@@ -48,4 +50,14 @@ def as_gemm_operand(q: QuantizedTensor, transpose: bool = False) -> QuantizedTen
     return QuantizedTensor(codes, scales, q.tensor_scale, one_d, (rows, cols), q.dtype, 1)
 
 
-__all__ = ["as_gemm_operand"]
+def element_scales(q: QuantizedTensor) -> torch.Tensor:
+    """Every element's s_eff (its block's decoded scale over the tensor scale, fp32) in q's
+    shape: the divisor the quantizer used, bit for bit."""
+    layout = make_layout(q.shape, q.fmt)
+    s = effective_scale(decode_scales(q.scales, q.fmt.scale), q.fmt, q.tensor_scale)
+    bs = q.fmt.block_size ** (2 if q.fmt.block_2d else 1)
+    blocks = s.reshape(layout.scale_shape).unsqueeze(-1).expand(*layout.scale_shape, bs)
+    return from_stored(from_blocks(blocks, layout), layout)
+
+
+__all__ = ["as_gemm_operand", "element_scales"]

@@ -23,6 +23,7 @@ from .formats import QuantFormat, clips_block_max, effective_format, get_format
 from .reference.rounding import ROUNDING_MODES
 
 ESTIMATORS = ("ste", "clipped_ste", "scale_grad")
+BACKWARD_OPERANDS = ("master", "forward")
 OperandFormat = Union[QuantFormat, str, None]
 
 
@@ -150,6 +151,11 @@ class Recipe:
     # largest max |x| over the tokens are computed in bf16 (X, W and dY of those channels), the
     # others through the quantized GEMMs; 0: off
     outlier_channels: int = 0
+    # what the backward GEMMs quantize: "master" = X and W themselves (each GEMM its own
+    # quantization of the high-precision tensors); "forward" (Quartet) = the forward's quantized
+    # X_q and W_q, in the fprop Hadamard domain, so the gradient is that of the forward the layer
+    # computed (the estimator's factor applies there, then the transform is undone)
+    backward_operands: str = "master"
 
     def __post_init__(self):
         for name in ("fprop", "dgrad", "wgrad"):
@@ -163,6 +169,14 @@ class Recipe:
         if isinstance(self.outlier_channels, bool) or not isinstance(self.outlier_channels, int) \
                 or self.outlier_channels < 0:
             raise ValueError(f"outlier_channels is a count >= 0, got {self.outlier_channels!r}")
+        if self.backward_operands not in BACKWARD_OPERANDS:
+            raise ValueError(f"backward_operands must be one of {BACKWARD_OPERANDS}, got {self.backward_operands!r}")
+        if self.estimator == "scale_grad":
+            for side in ("lhs", "rhs"):
+                op = getattr(self.fprop, side)
+                if op.quantized and op.format.scale_statistic != "amax":
+                    raise ValueError("the scale_grad estimator differentiates an amax-based block scale; "
+                                     f"fprop.{side} uses scale_statistic={op.format.scale_statistic!r}")
 
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -170,7 +184,8 @@ class Recipe:
                 "wgrad": self.wgrad.to_dict(), "estimator": self.estimator, "backend": self.backend,
                 "hadamard_backend": self.hadamard_backend, "sync_tensor_amax": self.sync_tensor_amax,
                 "gemm_backend": self.gemm_backend,
-                **({"outlier_channels": self.outlier_channels} if self.outlier_channels else {})}
+                **({"outlier_channels": self.outlier_channels} if self.outlier_channels else {}),
+                **({"backward_operands": self.backward_operands} if self.backward_operands != "master" else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -232,7 +247,8 @@ class Recipe:
         return (f"{self.name}: fprop[{self.fprop.describe()}] dgrad[{self.dgrad.describe()}] "
                 f"wgrad[{self.wgrad.describe()}] est={self.estimator}"
                 + (" amax=all-reduced" if self.sync_tensor_amax else "")
-                + (f" outliers={self.outlier_channels}xbf16" if self.outlier_channels else ""))
+                + (f" outliers={self.outlier_channels}xbf16" if self.outlier_channels else "")
+                + (" bwd=forward-quantized" if self.backward_operands == "forward" else ""))
 
     # -- convert_model protocol ------------------------------------------------------------
     def convert_module(self, module, name: str):
@@ -292,6 +308,26 @@ def _quartet2() -> Recipe:
                   GemmConfig(bwd, bwd, hadamard=32, hadamard_random=True))
 
 
+def _quartet(backward_rounding: str = "stochastic", name: str = "quartet") -> Recipe:
+    """Quartet (Castro et al. 2025), MXFP4 forward and backward.
+    Forward (QuEST): X and W through a fixed Hadamard-32 along in_features, then MXFP4 blocks
+    of 32 whose E8M0 scale is 2^floor(log2(c / 6)) for the block's Gaussian MSE-optimal
+    clipping value c = 2.9224751 * RMS (``QuantFormat.scale_statistic="gaussian"``, rule
+    ``rfloor``), round to nearest; the trust-mask estimator (``clipped_ste``) passes the
+    gradient only to the elements that did not clip.
+    Backward: dgrad and wgrad read the forward's quantized X_q and W_q
+    (``backward_operands="forward"``) through a random Hadamard-32 along each GEMM's reduction
+    axis, in MXFP4 with the OCP floor scale on a 3/4 pre-scale (nothing clips), rounded
+    stochastically (unbiased), as the paper's backward pass; ``backward_rounding="nearest"``
+    gives the round-to-nearest variant (``quartet_rtn``)."""
+    fwd = _op("mxfp4", scale_statistic="gaussian", scale_rule="rfloor")
+    bwd = _op("mxfp4", backward_rounding, pre_scale=0.75)
+    return Recipe(name, GemmConfig(fwd, fwd, hadamard=32, hadamard_random=False),
+                  GemmConfig(bwd, bwd, hadamard=32, hadamard_random=True),
+                  GemmConfig(bwd, bwd, hadamard=32, hadamard_random=True),
+                  estimator="clipped_ste", backward_operands="forward")
+
+
 def _ue5m3() -> Recipe:
     """The seed study's trade-off: UE5M3 block-16 scales with a tensor scale, random
     Hadamard-16 on every GEMM, stochastic rounding on gradients (block scales rounded up, so
@@ -322,6 +358,8 @@ PRESETS = {
     "mxfp4": _uniform("mxfp4", "mxfp4"),
     "nvfp4": _nvfp4(),
     "nvfp4_4over6": _nvfp4_4over6(),
+    "quartet": _quartet(),
+    "quartet_rtn": _quartet("nearest", "quartet_rtn"),
     "quartet2": _quartet2(),
     "ue5m3": _ue5m3(),
     # inference: W4A16 (weight-only) and W4A4
@@ -330,13 +368,13 @@ PRESETS = {
     "mxfp4_weight_only": _inference("mxfp4_weight_only", "mxfp4", activations=False),
     "mxfp4_w4a4": _inference("mxfp4_w4a4", "mxfp4", activations=True),
 }
-TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "nvfp4_4over6", "quartet2", "ue5m3")
+TRAINING_PRESETS = ("bf16", "mxfp8", "mxfp4", "nvfp4", "nvfp4_4over6", "quartet", "quartet_rtn", "quartet2", "ue5m3")
 INFERENCE_PRESETS = ("nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4")
 
 
 def get(name: Union[str, Recipe], **overrides) -> Recipe:
     """A named recipe, with optional overrides: for training "bf16", "mxfp8", "mxfp4", "nvfp4",
-    "nvfp4_4over6", "quartet2", "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
+    "nvfp4_4over6", "quartet", "quartet_rtn", "quartet2", "ue5m3"; for inference "nvfp4_weight_only", "nvfp4_w4a4", "mxfp4_weight_only", "mxfp4_w4a4"."""
     if isinstance(name, Recipe):
         r = name
     else:

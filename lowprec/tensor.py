@@ -102,7 +102,7 @@ class QuantizedTensor:
                              f"got {tuple(self.scales.shape)}")
         if self.scales.device != self.codes.device:
             raise ValueError(f"codes ({self.codes.device}) and scales ({self.scales.device}) must share a device")
-        if self.fmt.tensor_scale:
+        if self.fmt.encode_scaled:
             ts = self.tensor_scale
             if not isinstance(ts, torch.Tensor) or ts.numel() != 1 or ts.dtype != torch.float32:
                 raise ValueError(f"{self.fmt} has a tensor scale: tensor_scale must be one fp32 value, got {ts!r}")

@@ -53,12 +53,12 @@ struct QuantJob {
 struct Scratch {
   std::vector<float> x, s, inv_s, amax, out;
   std::vector<int32_t> colmax;
-  std::vector<float> group_amax, group_s, group_inv;
+  std::vector<float> group_amax, group_s, group_inv, group_true_amax;
   std::vector<const float*> rows;
   std::vector<uint8_t> codes, rand;
   std::vector<float> block, work;   // Four Over Six: one block's elements in block order, its error tree
   explicit Scratch(const PanelGeometry& g)
-      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), rows(g.bm), codes(g.bm * g.ld),
+      : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), group_true_amax(g.ld), rows(g.bm), codes(g.bm * g.ld),
         rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(pow2_at_least(g.bm * g.gw)) {}
   static int64_t pow2_at_least(int64_t n) {
     int64_t w = 1;
@@ -241,6 +241,21 @@ LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t
   }
 }
 
+// QuEST's Gaussian statistic of every column group (formats.h, gaussian_statistic): each
+// block gathered in the reference's block order, its amax (kept in group_true_amax, which the
+// amax outputs report) replaced by its clipping value for the scale computation.
+LOWPREC_INLINE void gaussian_groups(const QuantJob& j, Scratch& sc, int64_t n_groups) {
+  const int64_t bm = j.g.bm, gw = j.g.gw;
+  float* blk = sc.block.data();
+  float* work = sc.work.data();
+  for (int64_t q = 0; q < n_groups; ++q) {
+    for (int64_t i = 0; i < bm; ++i)
+      for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
+    sc.group_true_amax[q] = sc.group_amax[q];
+    sc.group_amax[q] = gaussian_statistic(blk, bm * gw, sc.group_amax[q], j.fmt.gaussian_kappa, work);
+  }
+}
+
 // Column amaxes over the panel's rows, then one scale per column group, spread over its columns.
 LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int64_t pm, int64_t m0, int64_t n0,
                          int64_t width) {
@@ -285,7 +300,9 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     }
     gamax[q] = bits_to_float(static_cast<uint32_t>(amax_bits));
   }
+  if (j.fmt.scale_statistic == kStatGaussian) gaussian_groups(j, sc, n_groups);
   block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  if (j.fmt.scale_statistic == kStatGaussian) std::copy(sc.group_true_amax.begin(), sc.group_true_amax.begin() + n_groups, sc.group_amax.begin());
   if (j.fmt.four_over_six != kFourOverSixOff) four_over_six_groups(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
   // Per-group scale inverses; with groups of whole vectors code_row reads the group values
   // directly, else (and for the per-element s_eff / amax outputs) they are spread over columns.
@@ -507,10 +524,12 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
       a = x.numel() ? tensor_amax(x) : 0.0f;
     }
     j.s_enc = tensor_encode_scale(a, j.fmt);
+  } else {
+    j.s_enc = j.fmt.pre_scale;   // a fixed second-level scale (QuantFormat.pre_scale), 1 without one
   }
   s_enc_out = at::full({}, j.s_enc, x.options().dtype(at::kFloat));
   // multiply by the reciprocal: what 'reciprocal' division means, and exact for power-of-two scales
-  j.inverse_multiply = j.fmt.division == kReciprocal || j.fmt.scale_kind == kE8M0;
+  j.inverse_multiply = j.fmt.division == kReciprocal || (j.fmt.scale_kind == kE8M0 && j.s_enc == 1.0f);
   j.scale_table = j.fmt.scale_kind == kFp32Scale ? nullptr : scale_table.data_ptr<float>();
   TORCH_CHECK(x.is_non_overlapping_and_dense(), "lowprec panel kernels: x must be dense (a permuted view at most)");
   j.unit_stride = x.is_contiguous();

@@ -49,7 +49,12 @@ __global__ void block_quantize_kernel(const float* __restrict__ x, const uint8_t
   if (nan) amax = __int_as_float(0x7fc00000);
   uint32_t code = 0;
   float fp32 = 0.0f;
-  float s = block_scale_dev(amax, p, table, &code, &fp32);
+  float stat = amax;
+  if (p.fmt.scale_statistic == kStatGaussian) {
+    float work[kFourOverSixMaxBlock];   // the glue refuses larger blocks (lowprec/_backends/extension_ops.py)
+    stat = gaussian_statistic(xr, bs, amax, p.fmt.gaussian_kappa, work);
+  }
+  float s = block_scale_dev(stat, p, table, &code, &fp32);
   if (p.fmt.four_over_six != kFourOverSixOff) {
     float work[kFourOverSixMaxBlock];   // the glue refuses larger blocks (lowprec/_backends/cuda.py)
     four_over_six(xr, bs, amax, p.fmt, p.s_enc, table, &code, &s, work);

@@ -16,7 +16,8 @@ from ..tensor import QuantizedTensor, pack_nibbles, unpack_nibbles
 
 F32 = torch.float32
 ROUNDING_IDS = {"nearest": 0, "stochastic": 1, "zero": 2}
-RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4}
+RULE_IDS = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3, "amax": 4, "rfloor": 5}
+STATISTIC_IDS = {"amax": 0, "gaussian": 1}
 SCALE_KIND_IDS = {"e8m0": 0, "minifloat": 1, "fp32": 2}
 DIVISION_IDS = {"ieee": 0, "reciprocal": 1}
 FOUR_OVER_SIX_IDS = {"off": 0, "mse": 1, "mae": 2}
@@ -29,8 +30,8 @@ def format_params(fmt: QuantFormat):
     ints = [e.ebits, e.mbits, e.bias, -1 if e.nan_code is None else e.nan_code, e.emax,
             SCALE_KIND_IDS[s.kind], s.ebits, s.mbits, s.bias, -1 if s.nan_code is None else s.nan_code,
             RULE_IDS[fmt.scale_rule], 3 if fmt.scale_rounding == "up" else 0, int(fmt.tensor_scale),
-            DIVISION_IDS[fmt.division], FOUR_OVER_SIX_IDS[fmt.four_over_six]]
-    floats = [float(e.max), float(s.max) if s.kind == "minifloat" else 0.0]
+            DIVISION_IDS[fmt.division], FOUR_OVER_SIX_IDS[fmt.four_over_six], STATISTIC_IDS[fmt.scale_statistic]]
+    floats = [float(e.max), float(s.max) if s.kind == "minifloat" else 0.0, fmt.gaussian_kappa, fmt.pre_scale]
     return ints, floats
 
 
@@ -60,7 +61,7 @@ class Prepared:
                 amax = finite_amax(x)
             self.s_enc = tensor_encode_scale(amax, self.fmt)
         else:
-            self.s_enc = torch.ones((), dtype=F32, device=x.device)
+            self.s_enc = torch.full((), self.fmt.pre_scale, dtype=F32, device=x.device)
         self.rounding = rounding
         self.seed = 0 if seed is None else int(seed)
         self.offset = int(offset)
@@ -99,7 +100,7 @@ class Prepared:
             if self.fmt.element.bits == 4:
                 c = pack_nibbles(c)
         return QuantizedTensor(c.contiguous(), scales.reshape(self.block_grid).contiguous(),
-                               self.s_enc if self.fmt.tensor_scale else None, self.fmt, self.x.shape,
+                               self.s_enc if self.fmt.encode_scaled else None, self.fmt, self.x.shape,
                                self.x.dtype, self.layout.axis)
 
 

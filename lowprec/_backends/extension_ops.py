@@ -39,8 +39,10 @@ def register_block_ops(backend: str, device_type: str) -> None:
                         lambda s, o, n, d: random_bytes(s, o, n, d), sr_clipping=sr_clipping)
 
     def kernel_args(p: Prepared):
-        if p.fmt.four_over_six != "off" and p.blocks.shape[-1] > FOUR_OVER_SIX_MAX_BLOCK:
-            raise ValueError(f"the {backend} kernels take Four Over Six blocks of at most {FOUR_OVER_SIX_MAX_BLOCK} "
+        needs_work = p.fmt.four_over_six != "off" or p.fmt.scale_statistic != "amax"
+        if needs_work and p.blocks.shape[-1] > FOUR_OVER_SIX_MAX_BLOCK:
+            what = "Four Over Six" if p.fmt.four_over_six != "off" else "Gaussian-statistic"
+            raise ValueError(f"the {backend} kernels take {what} blocks of at most {FOUR_OVER_SIX_MAX_BLOCK} "
                              f"elements, got {p.blocks.shape[-1]} (2-D tiles of {p.fmt.block_size})")
         ints, floats = format_params(p.fmt)
         return (p.blocks, p.rand, scale_table(p.fmt, p.x.device), ints, floats, float(p.s_enc),

@@ -90,7 +90,7 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
     stored = list(layout.stored)
     if packed:
         stored[-1] //= 2
-    return QuantizedTensor(codes.view(stored), scales.view(layout.scale_shape), s_enc if fmt.tensor_scale else None,
+    return QuantizedTensor(codes.view(stored), scales.view(layout.scale_shape), s_enc if fmt.encode_scaled else None,
                            fmt, x.shape, x.dtype, layout.axis)
 
 

@@ -62,7 +62,7 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
         INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack, DIVISION=ints[13],
-        FOUR_OVER_SIX=ints[14], enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
+        FOUR_OVER_SIX=ints[14], STATISTIC=ints[15], KAPPA=floats[2], enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
     return codes, scales, xhat, s_eff, amax
 
 
@@ -234,7 +234,8 @@ def row_col_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: int 
                   E_EBITS=ints[0], E_MBITS=ints[1], E_BIAS=ints[2], E_MAX=floats[0], E_NAN=max(ints[3], 0),
                   E_EMAX=ints[4], S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1],
                   S_NAN=max(ints[9], 0), RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12],
-                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13], FOUR_OVER_SIX=ints[14])
+                  ROUNDING=ROUNDING_IDS[rounding], PACK=packed, DIVISION=ints[13], FOUR_OVER_SIX=ints[14],
+                  STATISTIC=ints[15], KAPPA=floats[2])
     grid = (R // n, C // n)
     table = scale_table(fmt, dev)
     row_codes = torch.empty(R, C // 2 if packed else C, dtype=torch.uint8, device=dev)
@@ -244,7 +245,7 @@ def row_col_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: int 
     row_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
     col_t = torch.empty(R, C, device=dev) if return_transformed else xf.new_empty(0, dtype=torch.float32)
     common = (row_codes, row_scales, col_codes, col_scales, row_t, col_t, R, C, norm_r, norm_c)
-    s_row = s_col = torch.ones((), dtype=torch.float32, device=dev)
+    s_row = s_col = torch.full((), fmt.pre_scale, dtype=torch.float32, device=dev)
     if fmt.tensor_scale:
         amax = torch.empty(2 * grid[0] * grid[1], dtype=torch.float32, device=dev)
         hadamard_quantize_kernel[grid](xf, signs_r, signs_c, table, amax, *common, 1.0, 1.0, seed, offset_row,
@@ -259,9 +260,9 @@ def row_col_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: int 
                                    offset_row, offset_col, BS=fmt.block_size, PASS=1, WRITE_T=return_transformed,
                                    enable_fp_fusion=False, **consts)
     q_row = QuantizedTensor(row_codes, row_scales,
-                            s_row if fmt.tensor_scale else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
+                            s_row if fmt.encode_scaled else None, fmt.replace(axis=-1), x.shape, x.dtype, 1)
     q_col = QuantizedTensor(col_codes, col_scales,
-                            s_col if fmt.tensor_scale else None, fmt.replace(axis=0), x.shape, x.dtype, 0)
+                            s_col if fmt.encode_scaled else None, fmt.replace(axis=0), x.shape, x.dtype, 0)
     if return_transformed:
         return q_row, q_col, row_t, col_t
     return q_row, q_col

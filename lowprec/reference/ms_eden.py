@@ -48,6 +48,9 @@ def check_format(fmt) -> None:
                          f"this format has {fmt.element.name} elements and {fmt.scale.name} scales")
     if fmt.four_over_six != "off":
         raise ValueError("rounding='ms_eden' and four_over_six both choose the block scale; use one")
+    if fmt.scale_statistic != "amax":
+        raise ValueError("rounding='ms_eden' rescales amax-based block scales; it does not combine with "
+                         "scale_statistic='gaussian'")
 
 
 def headroom_amax(x: torch.Tensor, fmt, amax_tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -4,7 +4,8 @@ quantize(x):
   1. x -> fp32, permuted/padded into blocks (``blocking``); amax_b = max |x| per block.
   2. S_enc = (scale_max * elem_max) / amax_tensor if the format has a tensor scale, else 1;
      amax_tensor is over the finite elements, S_enc is clamped to the largest finite fp32.
-  3. scale code = rule(amax_b, S_enc) (``scales``); with Four Over Six the better of the codes
+  3. scale code = rule(amax_b, S_enc) (``scales``; with ``scale_statistic="gaussian"`` the
+     block's Gaussian clipping value replaces amax_b; a ``pre_scale`` p is a fixed S_enc = p); with Four Over Six the better of the codes
      mapping amax_b to 6 and to 4 (``scales.four_over_six_codes``); s_b = decode(code) / S_enc.
   4. x_scaled = x / s_b (0 where s_b == 0; with ``division="reciprocal"`` the divisions of
      steps 3-4 are multiplications by fp32 reciprocals, see ``scales``), rounded on the element grid (nearest, stochastic
@@ -27,24 +28,37 @@ from ..blocking import BlockLayout, from_blocks, from_stored, make_layout, to_bl
 from .philox import random_bytes
 from .rounding import ROUNDING_MODES, grid_to_code, round_to_grid
 from .scales import (compute_scale_codes, decode_scales, effective_scale, finite_amax, four_over_six_codes,
-                     scale_elements, tensor_encode_scale)
+                     gaussian_statistic, scale_elements, tensor_encode_scale)
 
 F32 = torch.float32
 
 
-def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional[torch.Tensor] = None):
-    """(scale codes, S_enc, effective fp32 scale per block) for fp32 blocks."""
-    amax = x_blocks.abs().amax(dim=-1)
+def encode_scale(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional[torch.Tensor] = None):
+    """S_enc: the tensor scale from the tensor amax, the fixed ``pre_scale``, or 1."""
     if fmt.tensor_scale:
         if amax_tensor is None:
             amax_tensor = finite_amax(x_blocks)
-        s_enc = tensor_encode_scale(amax_tensor, fmt)
-    else:
-        s_enc = torch.ones((), dtype=F32, device=x_blocks.device)
+        return tensor_encode_scale(amax_tensor, fmt)
+    return torch.full((), fmt.pre_scale, dtype=F32, device=x_blocks.device)
+
+
+def block_statistic(x_blocks: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """What each block's scale maps to the element max: its amax, or with
+    ``scale_statistic="gaussian"`` its Gaussian clipping value (``scales.gaussian_statistic``)."""
+    amax = x_blocks.abs().amax(dim=-1)
+    if fmt.scale_statistic == "gaussian":
+        return gaussian_statistic(x_blocks, amax, fmt.gaussian_kappa)
+    return amax
+
+
+def block_scales(x_blocks: torch.Tensor, fmt: QuantFormat, amax_tensor: Optional[torch.Tensor] = None):
+    """(scale codes, S_enc, effective fp32 scale per block) for fp32 blocks."""
+    amax = block_statistic(x_blocks, fmt)
+    s_enc = encode_scale(x_blocks, fmt, amax_tensor)
     codes = compute_scale_codes(amax, fmt, s_enc)
     if fmt.four_over_six != "off":
         codes = four_over_six_codes(x_blocks, amax.to(F32), codes, fmt, s_enc)
-    s_eff = effective_scale(decode_scales(codes, fmt.scale), fmt, s_enc if fmt.tensor_scale else None)
+    s_eff = effective_scale(decode_scales(codes, fmt.scale), fmt, s_enc if fmt.encode_scaled else None)
     return codes, s_enc, s_eff
 
 
@@ -96,7 +110,7 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
     if fmt.element.bits == 4:
         codes = pack_nibbles(codes)
     return QuantizedTensor(codes.contiguous(), scale_codes.contiguous(),
-                           s_enc if fmt.tensor_scale else None, fmt, x.shape, x.dtype,
+                           s_enc if fmt.encode_scaled else None, fmt, x.shape, x.dtype,
                            layout.axis)
 
 

@@ -8,6 +8,9 @@ clamped to [-127, 127], code = shared_exp + 127:
           width (m bits after the point, ties away from zero, like adding half an ulp and
           truncating): the exponent moves up when the block max would round past the binade
   rceil:  ceil(log2(amax / elem_max))                    (nothing clips)
+  rfloor: floor(log2(amax / elem_max))                   (QuEST/Quartet, for the Gaussian statistic)
+With ``scale_statistic="gaussian"`` every rule reads the block's Gaussian clipping value
+(``gaussian_statistic``) where it reads the amax.
 amax rule (ue4m3, ue5m3, fp32): scale_hp = (amax / elem_max) * S_enc in fp32 (with
 'reciprocal' division amax * (S_enc * fp32(1 / elem_max))), encoded with round-to-nearest-even
 (or upward) and saturated at the scale format's max.
@@ -124,6 +127,8 @@ def compute_scale_codes(amax: torch.Tensor, fmt: QuantFormat, s_enc: torch.Tenso
             shared = torch.where(torch.isinf(rounded), 128, _floor_log2(rounded)) - elem.emax
         elif rule == "rceil":
             shared = _ceil_log2(a / elem.max)
+        elif rule == "rfloor":
+            shared = _floor_log2(a / elem.max)
         else:
             raise ValueError(f"rule {rule!r} is not an e8m0 rule")
         code = torch.clamp(shared, -127, 127) + 127
@@ -186,3 +191,20 @@ def four_over_six_codes(x_blocks: torch.Tensor, amax: torch.Tensor, codes_6: tor
            for c in (codes_6, codes_4)]
     use_4 = (err[1] < err[0]) & torch.isfinite(amax)
     return torch.where(use_4, codes_4, codes_6)
+
+
+def gaussian_statistic(x_blocks: torch.Tensor, amax: torch.Tensor, kappa: float) -> torch.Tensor:
+    """QuEST's clipping value per block: c = (kappa * sqrt(S / n)) * amax in fp32, S the
+    pairwise sum (``pairwise_sum``) of (x / amax)^2 over the block's n elements, clamped to the
+    fp32 max; 0 where amax is 0, and amax itself (NaN or Inf) where it is not finite, so such
+    a block gets the NaN scale as with the amax statistic. Dividing by amax first keeps the
+    squares from overflowing: the RMS of a finite block is always finite."""
+    x_blocks = x_blocks.to(F32)
+    amax = amax.to(F32)
+    finite = torch.isfinite(amax) & (amax > 0)
+    safe = torch.where(finite, amax, torch.ones_like(amax))
+    y = x_blocks / safe.unsqueeze(-1)
+    mean_sq = pairwise_sum(y * y) / torch.tensor(float(x_blocks.shape[-1]), dtype=F32)
+    c = (torch.tensor(kappa, dtype=F32) * torch.sqrt(mean_sq)) * safe
+    c = torch.clamp(c, max=FP32_MAX)
+    return torch.where(finite, c, torch.where(amax == 0, torch.zeros_like(amax), amax))

@@ -50,7 +50,8 @@ def hadamard_quantize_kernel(x_ptr, row_signs_ptr, col_signs_ptr, scale_table_pt
                              S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr,
                              S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                              TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, PACK: tl.constexpr,
-                             DIVISION: tl.constexpr, FOUR_OVER_SIX: tl.constexpr):
+                             DIVISION: tl.constexpr, FOUR_OVER_SIX: tl.constexpr, STATISTIC: tl.constexpr = 0,
+                             KAPPA: tl.constexpr = 0.0):
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     r = pid_r * N + tl.arange(0, N)
@@ -89,7 +90,7 @@ def hadamard_quantize_kernel(x_ptr, row_signs_ptr, col_signs_ptr, scale_table_pt
         v, code, dec, s, amax, sb = quantize_rows(
             xr, ones, ones[:, None], ir, x_ptr, scale_table_ptr, s_enc_row, seed, offset_row,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
-            S_ROUND, TENSOR_SCALE, ROUNDING, True, DIVISION, FOUR_OVER_SIX)
+            S_ROUND, TENSOR_SCALE, ROUNDING, True, DIVISION, FOUR_OVER_SIX, STATISTIC, KAPPA, BS)
         store_codes(row_codes, ir, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), whole, NB, BS, PACK)
         blk_r = tl.reshape(r[:, None] * (C // BS) + (pid_c * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))
         tl.store(row_scales + blk_r, code.to(tl.uint8))
@@ -99,7 +100,7 @@ def hadamard_quantize_kernel(x_ptr, row_signs_ptr, col_signs_ptr, scale_table_pt
         v, code, dec, s, amax, sb = quantize_rows(
             xc, ones, ones[:, None], ic, x_ptr, scale_table_ptr, s_enc_col, seed, offset_col,
             E_EBITS, E_MBITS, E_BIAS, E_MAX, E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE,
-            S_ROUND, TENSOR_SCALE, ROUNDING, True, DIVISION, FOUR_OVER_SIX)
+            S_ROUND, TENSOR_SCALE, ROUNDING, True, DIVISION, FOUR_OVER_SIX, STATISTIC, KAPPA, BS)
         out_c = tl.reshape(c[:, None].to(tl.int64) * R + r[None, :], (NB, BS))
         store_codes(col_codes, out_c, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), whole, NB, BS, PACK)
         blk_c = tl.reshape(c[:, None] * (R // BS) + (pid_r * (N // BS) + tl.arange(0, N // BS))[None, :], (NB,))

@@ -88,6 +88,9 @@ def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_M
         elif RULE == 2:
             half_ulp = _exp2i(tl.maximum(f - E_MBITS - 1, -126))
             shared = _exp_field(am + half_ulp) - E_EMAX
+        elif RULE == 5:   # rfloor: floor(log2(amax / elem_max)), subnormal quotients included
+            r = tl.math.div_rn(am, E_MAX)
+            shared = _floor_log2_any(r)
         else:
             r = tl.math.div_rn(am, E_MAX)
             fr = _exp_field(r)
@@ -112,6 +115,41 @@ def block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS: tl.constexpr, E_M
     else:
         s = tl.math.div_rn(dec, s_enc + tl.zeros_like(dec))   # (0 * dec would be NaN for an inf scale)
     return code, dec, s
+
+
+@triton.jit
+def _floor_log2_any(r):
+    """floor(log2(r)) for finite r > 0, subnormal r included (the index of its top bit - 149)."""
+    b = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    f = (b >> 23) - 127
+    top = _top_bit(b)
+    return tl.where(f > -127, f, top - 149)
+
+
+@triton.jit
+def _top_bit(b):
+    """Index of the highest set bit of a positive int32 (0 for b = 1)."""
+    t = tl.zeros_like(b)
+    for k in tl.static_range(5):
+        sh = 16 >> k
+        up = (b >> sh) != 0
+        t = t + tl.where(up, sh, 0)
+        b = tl.where(up, b >> sh, b)
+    return t
+
+
+@triton.jit
+def gaussian_statistic(x, amax, KAPPA: tl.constexpr, N: tl.constexpr):
+    """QuEST's clipping value of every row of x (``reference.scales.gaussian_statistic``):
+    (kappa * sqrt(S / n)) * amax, S the pairwise sum of (x / amax)^2, clamped to the fp32 max;
+    0 for amax 0, amax itself when it is NaN or Inf."""
+    finite = (amax == amax) & (amax < float("inf")) & (amax > 0.0)
+    safe = tl.where(finite, amax, 1.0)
+    y = tl.math.div_rn(x, safe[:, None] + tl.zeros_like(x))
+    ms = tl.math.div_rn(pairwise_row_sum(y * y), N + tl.zeros_like(amax))
+    c = (KAPPA * tl.math.sqrt_rn(ms)) * safe
+    c = tl.where(c > 3.4028234663852886e38, 3.4028234663852886e38, c)
+    return tl.where(finite, c, tl.where(amax == 0.0, 0.0, amax))
 
 
 @triton.jit
@@ -166,14 +204,20 @@ def quantize_rows(x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, 
                   E_EMAX: tl.constexpr, S_KIND: tl.constexpr, S_EBITS: tl.constexpr, S_MBITS: tl.constexpr,
                   S_BIAS: tl.constexpr, S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr,
                   S_ROUND: tl.constexpr, TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr,
-                  INLINE_RNG: tl.constexpr, DIVISION: tl.constexpr = 0, FOUR_OVER_SIX: tl.constexpr = 0):
+                  INLINE_RNG: tl.constexpr, DIVISION: tl.constexpr = 0, FOUR_OVER_SIX: tl.constexpr = 0,
+                  STATISTIC: tl.constexpr = 0, KAPPA: tl.constexpr = 0.0, N: tl.constexpr = 1):
     """Quantize every row of the fp32 tile ``x`` as one block.  ``idx`` holds each element's
     row-major index in the tensor being quantized (Philox counter offset + idx // 16).
     FOUR_OVER_SIX 1 (mse) / 2 (mae): each block takes the scale mapping its amax to 4 where
     that has the lower round-to-nearest error (``reference.scales.four_over_six_codes``).
+    STATISTIC 1 (gaussian): the scale maps each block's Gaussian clipping value (KAPPA, over
+    its N elements: ``gaussian_statistic``) to the element max instead of its amax.
     Returns (grid values v, scale code, decoded scale or fp32 scale, s_eff, amax, sb)."""
     amax = row_amax(x)
-    code, dec, s = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, E_MAX, E_EMAX, S_KIND, S_EBITS,
+    stat = amax
+    if STATISTIC == 1:
+        stat = gaussian_statistic(x, amax, KAPPA, N)
+    code, dec, s = block_scale(stat, row_ok, scale_table_ptr, s_enc, E_MBITS, E_MAX, E_EMAX, S_KIND, S_EBITS,
                                S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, DIVISION)
     if FOUR_OVER_SIX > 0:
         code4, dec4, s4 = block_scale(amax, row_ok, scale_table_ptr, s_enc, E_MBITS, 4.0, E_EMAX, S_KIND, S_EBITS,
@@ -249,7 +293,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
                   S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                   TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
                   WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr, DIVISION: tl.constexpr,
-                  FOUR_OVER_SIX: tl.constexpr = 0):
+                  FOUR_OVER_SIX: tl.constexpr = 0, STATISTIC: tl.constexpr = 0, KAPPA: tl.constexpr = 0.0):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
@@ -260,7 +304,7 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
     v, code, dec, s, amax, sb = quantize_rows(
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
         E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG,
-        DIVISION, FOUR_OVER_SIX)
+        DIVISION, FOUR_OVER_SIX, STATISTIC, KAPPA, BS)
     if WRITE_CODES:
         store_codes(codes_ptr, idx, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), mask, ROWS, BS_P2, PACK)
         if S_KIND == 2:

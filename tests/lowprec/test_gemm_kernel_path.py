@@ -65,10 +65,13 @@ def test_kernel_choice_and_reasons():
     with pytest.warns(UserWarning, match="fp32 matmuls of fake-quantized operands"):   # never silent on CUDA
         k = gemm_kernels(lowprec.recipes.get("mxfp8").replace(name="mxfp8 (warning test)"), "cuda")
     assert k["fprop"].kernel == "fp32_matmul" and "e4m3" in k["fprop"].reason
-    with pytest.warns(UserWarning, match="clipped_ste estimator"):
-        k = gemm_kernels(lowprec.recipes.get("nvfp4", estimator="clipped_ste", gemm_backend="auto"), "cuda")
+    with pytest.warns(UserWarning, match="scale_grad estimator"):
+        k = gemm_kernels(lowprec.recipes.get("nvfp4", estimator="scale_grad", gemm_backend="auto"), "cuda")
     assert k["fprop"].kernel == "fp32_matmul" and "estimator" in k["fprop"].reason
     assert k["dgrad"].kernel == k["wgrad"].kernel == "fp4_qgemm"
+    # the trust mask (clipped_ste) comes from the codes' scales: fprop stays on the kernel
+    k = gemm_kernels(lowprec.recipes.get("quartet", gemm_backend="kernels"), "cpu")
+    assert {g.kernel for g in k.values()} == {"fp4_qgemm"}
     with pytest.raises(ValueError, match="gemm_backend"):
         lowprec.recipes.get("nvfp4", gemm_backend="fast")
     r = lowprec.recipes.get("nvfp4", gemm_backend="kernels")
@@ -134,7 +137,7 @@ def check_saved_operand_is_the_reference_quantization(device, mode, tokens=40):
     y = layer(x)
     saved = y.grad_fn.saved_tensors
     assert saved[0] is None                                   # no fp32 X kept for backward
-    codes, scales = saved[6], saved[7]
+    codes, scales = saved[7], saved[8]
     assert codes.dtype == torch.uint8 and codes.numel() <= x.numel() // 2 + 64 * 8
     assert codes.numel() + scales.numel() < x.numel() * 4 / 5     # under a fifth of X's fp32 bytes (tokens padded 40 -> 48)
     # the same operand through the reference: Q(T_w^T X), tokens padded, the slot's Philox bits
@@ -144,7 +147,7 @@ def check_saved_operand_is_the_reference_quantization(device, mode, tokens=40):
     x_w = _transform(x_pad.cpu(), plan.hadamard[2], 0, layer.seed, 2)
     want, _ = quantize_operand(x_w, plan.operands[5], rng_before, offsets[5], "ste", "reference")
     fmt, shape, dtype, axis = y.grad_fn.x_codes[:4]
-    q = lowprec.QuantizedTensor(codes, scales, saved[8] if saved[8].numel() else None, fmt, shape, dtype, axis)
+    q = lowprec.QuantizedTensor(codes, scales, saved[9] if saved[9].numel() else None, fmt, shape, dtype, axis)
     assert torch.equal(q.dequantize(torch.float32).cpu(), want)
 
 

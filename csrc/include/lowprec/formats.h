@@ -19,7 +19,9 @@ struct Minifloat {
 
 enum Rounding : int { kNearest = 0, kStochastic = 1, kZero = 2, kUp = 3 };
 enum ScaleKind : int { kE8M0 = 0, kMinifloatScale = 1, kFp32Scale = 2 };
-enum ScaleRule : int { kFloor = 0, kCeil = 1, kEven = 2, kRceil = 3, kAmax = 4 };
+enum ScaleRule : int { kFloor = 0, kCeil = 1, kEven = 2, kRceil = 3, kAmax = 4, kRfloor = 5 };
+// What a block scale maps to the element max (QuantFormat.scale_statistic).
+enum ScaleStatistic : int { kStatAmax = 0, kStatGaussian = 1 };
 // How values are divided by scales: correctly rounded quotients, or multiplication by fp32
 // reciprocals in Transformer Engine's order (QuantFormat.division; lowprec/reference/scales.py).
 enum Division : int { kIeee = 0, kReciprocal = 1 };
@@ -34,6 +36,9 @@ struct BlockFormat {
   int tensor_scale;       // 1: scales carry S_enc
   int division;           // Division
   int four_over_six;      // FourOverSix: per block the better of amax -> 6 and amax -> 4
+  int scale_statistic;    // ScaleStatistic
+  float gaussian_kappa;   // kStatGaussian: the clipping ratio (QuantFormat.gaussian_kappa)
+  float pre_scale;        // the fixed S_enc of a format without a tensor scale (1: none)
 };
 
 // Four Over Six (QuantFormat.four_over_six): off, or the block error it compares.
@@ -275,6 +280,9 @@ LOWPREC_HD uint32_t scale_code(float amax, const BlockFormat& fmt, float s_enc, 
       } else {
         shared = -1000;
       }
+    } else if (fmt.rule == kRfloor) {
+      const float r = a / fmt.elem.max;
+      shared = (r > 0.0f) ? floor_log2(r) : -1000;
     } else {  // kRceil
       const float r = a / fmt.elem.max;
       shared = (r > 0.0f) ? ceil_log2(r) : -1000;
@@ -309,6 +317,25 @@ LOWPREC_HD float rtn_block_error(const float* x, int64_t n, float s_eff, const B
   for (; width > 1; width /= 2)
     for (int64_t j = 0; j < width / 2; ++j) work[j] = work[2 * j] + work[2 * j + 1];
   return work[0];
+}
+
+// QuEST's Gaussian clipping value of a block x[0..n) with max |x| ``amax``
+// (lowprec/reference/scales.py, gaussian_statistic): (kappa * sqrt(S / n)) * amax, S the
+// pairwise tree sum of (x / amax)^2 zero-padded to a power of two, clamped to the fp32 max;
+// 0 for amax 0, amax itself when it is NaN or Inf. ``work`` holds that power of two floats.
+LOWPREC_HD float gaussian_statistic(const float* x, int64_t n, float amax, float kappa, float* work) {
+  if (!isfinite(amax)) return amax;
+  if (amax == 0.0f) return 0.0f;
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int64_t j = 0; j < width; ++j) {
+    const float y = j < n ? x[j] / amax : 0.0f;
+    work[j] = y * y;
+  }
+  for (; width > 1; width /= 2)
+    for (int64_t j = 0; j < width / 2; ++j) work[j] = work[2 * j] + work[2 * j + 1];
+  const float c = (kappa * sqrtf(work[0] / static_cast<float>(n))) * amax;
+  return c > kFp32Max ? kFp32Max : c;
 }
 
 // Four Over Six for one block (x[0..n) in block order, amax, the code mapping amax to the

@@ -9,7 +9,7 @@
 namespace lowprec {
 
 inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> fp) {
-  TORCH_CHECK(ip.size() == 15 && fp.size() == 2, "lowprec: bad format parameter lists");
+  TORCH_CHECK(ip.size() == 16 && fp.size() == 4, "lowprec: bad format parameter lists");
   BlockFormat f;
   f.elem = Minifloat{int(ip[0]), int(ip[1]), int(ip[2]), float(fp[0]), int(ip[3])};
   f.elem_emax = int(ip[4]);
@@ -26,6 +26,12 @@ inline BlockFormat block_format_from(c10::IntArrayRef ip, c10::ArrayRef<double> 
   f.four_over_six = int(ip[14]);
   TORCH_CHECK(f.four_over_six >= kFourOverSixOff && f.four_over_six <= kFourOverSixMae,
               "lowprec: four_over_six is 0 (off), 1 (mse) or 2 (mae)");
+  f.scale_statistic = int(ip[15]);
+  TORCH_CHECK(f.scale_statistic == kStatAmax || f.scale_statistic == kStatGaussian,
+              "lowprec: scale_statistic is 0 (amax) or 1 (gaussian)");
+  f.gaussian_kappa = float(fp[2]);
+  f.pre_scale = float(fp[3]);
+  TORCH_CHECK(f.rule >= kFloor && f.rule <= kRfloor, "lowprec: unknown scale rule");
   return f;
 }
 
