@@ -100,8 +100,10 @@ def _resolve(op: str, backend: str, device) -> Callable:
 
 def _with_ms_eden(op: str, fn: Callable, backend: str, device) -> Callable:
     """``quantize`` / ``fake_quantize`` of any backend with rounding="ms_eden": the backend
-    rounds the elements to nearest, the shared pass of reference/ms_eden.py corrects the scales."""
-    if op not in ("quantize", "fake_quantize"):
+    rounds the elements to nearest, the shared pass of reference/ms_eden.py corrects the scales.
+    A backend whose op computes MS-EDEN in its own kernel (``native_ms_eden``, Triton) is
+    returned as it is."""
+    if op not in ("quantize", "fake_quantize") or getattr(fn, "native_ms_eden", False):
         return fn
     from .reference import ms_eden
     quantize_rtn = fn if op == "quantize" else _resolve_impl("quantize", backend, device)

@@ -9,7 +9,7 @@ import torch
 from .. import ops
 from ..tensor import QuantizedTensor
 from ..blocking import from_stored, make_layout
-from .blocked import (DIVISION_IDS, ROUNDING_IDS, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
+from .blocked import (DIVISION_IDS, ROUNDING_IDS, check_quantize_call, SCALE_KIND_IDS, WIDENED_IN_KERNEL, Prepared, dequantize_with, format_params,
                       scale_table)
 
 try:
@@ -37,7 +37,7 @@ def _random_bytes(seed, offset, numel, device):
     return ops.resolve("random_bytes", "auto", device)(seed, offset, numel, device=device)
 
 
-def _run(p: Prepared, write_codes: bool, write_xhat: bool):
+def _run(p: Prepared, write_codes: bool, write_xhat: bool, ms_eden: bool = False):
     """One kernel pass; 4-bit codes of 1D blocks come back packed (``p.packs_in_kernel``)."""
     xb = p.blocks
     n, bs = xb.shape
@@ -62,29 +62,50 @@ def _run(p: Prepared, write_codes: bool, write_xhat: bool):
         S_KIND=ints[5], S_EBITS=ints[6], S_MBITS=ints[7], S_BIAS=ints[8], S_MAX=floats[1], S_NAN=max(ints[9], 0),
         RULE=ints[10], S_ROUND=ints[11], TENSOR_SCALE=ints[12], ROUNDING=ROUNDING_IDS[p.rounding],
         INLINE_RNG=p.inline_rng, WRITE_CODES=write_codes, WRITE_XHAT=write_xhat, PACK=pack, DIVISION=ints[13],
-        FOUR_OVER_SIX=ints[14], STATISTIC=ints[15], KAPPA=floats[2], enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
+        FOUR_OVER_SIX=ints[14], STATISTIC=ints[15], KAPPA=floats[2], MS_EDEN=ms_eden,
+        enable_fp_fusion=False)                 # a*b + c must round twice, as in the reference
     return codes, scales, xhat, s_eff, amax
 
 
 def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping) -> Prepared:
+    if rounding == "ms_eden":
+        # MS-EDEN in the kernel: the elements round to nearest under the tensor scale of twice
+        # the amax, then the kernel corrects each block's scale (triton/quantize.py, ms_eden_codes)
+        from ..formats import get_format
+        from ..reference import ms_eden
+        check_quantize_call(x, fmt, "stochastic", seed, offset, nan_policy, False, amax_tensor)
+        ms_eden.check_format(get_format(fmt))
+        p = Prepared(x, fmt, "nearest", seed, offset, strict, nan_policy,
+                     ms_eden.headroom_amax(x, get_format(fmt), amax_tensor), _random_bytes, keep_dtype=True)
+        p.seed = int(seed)
+        return p
     return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes, keep_dtype=True,
                     sr_clipping=sr_clipping)
 
 
+def _native_ms_eden(fn):
+    """Marks an op that computes rounding="ms_eden" itself, in one kernel (ops.resolve does not
+    wrap it with the shared torch scale pass)."""
+    fn.native_ms_eden = True
+    return fn
+
+
 @ops.register("quantize", "triton")
+@_native_ms_eden
 def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=False, nan_policy="propagate",
              amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
     p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping)
-    codes, scales, _, _, _ = _run(p, True, False)
+    codes, scales, _, _, _ = _run(p, True, False, rounding == "ms_eden")
     return p.quantized_tensor(codes, scales, packed=p.packs_in_kernel())
 
 
 @ops.register("fake_quantize", "triton")
+@_native_ms_eden
 def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
                               amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
                               sr_clipping: bool = False):
     p = _prepare(x, fmt, rounding, seed, offset, False, nan_policy, amax_tensor, sr_clipping)
-    _, _, xhat, s_eff, amax = _run(p, False, True)
+    _, _, xhat, s_eff, amax = _run(p, False, True, rounding == "ms_eden")
     if not with_scales:
         return p.to_x_shape(xhat), None, None
     return p.to_x_shape(xhat), p.per_block(s_eff), p.per_block(amax)

@@ -20,6 +20,10 @@ fprop (T x K by N x K), dgrad (T x N by K x N) and wgrad (N x T by K x T), each 
     a forward estimator other than STE: 3 bytes per element (its factor) and 2 ops in backward;
     Four Over Six: 15 more ops per element (a second candidate scale, both candidates rounded
             to nearest, and their block errors), no extra traffic (one fused pass);
+    the Gaussian (QuEST) block statistic: 4 more ops per element (x / amax, its square, the
+            block sum), no extra traffic; a pre-scale is free (a tensor scale in the epilogue);
+    backward operands from the forward's quantized X and W (Quartet): dgrad's W and wgrad's X
+            read the forward's codes and scales instead of a 16-bit tensor;
     OutControl (k outlier channels): their three GEMMs at the BF16 rate, plus one read of X.
 - A weight in 2-D tiles with no transform and nearest rounding is quantized once for fprop and
   dgrad (the same codes serve Wᵀ); otherwise each GEMM quantizes its own operand.
@@ -50,6 +54,7 @@ class Machine:
     estimator_bytes: float = 3.0
     estimator_ops: float = 2.0
     four_over_six_ops: float = 15.0
+    gaussian_ops: float = 4.0
 
 
 def _bits(op) -> int:
@@ -83,10 +88,17 @@ def layer_time(recipe, tokens: int, in_f: int, out_f: int, machine: Machine = Ma
             continue
         e = dims[rows] * dims[cols]
         fmt = op.format
-        nbytes = 2 * e + e * fmt.element.bits / 8 + e / fmt.block_size + (2 * e if fmt.tensor_scale else 0)
+        read = 2 * e
+        source = recipe.fprop.rhs if (gemm, side) == ("dgrad", "rhs") else recipe.fprop.lhs
+        if getattr(recipe, "backward_operands", "master") == "forward" and side == "rhs" and gemm != "fprop" \
+                and source.quantized:
+            read = e * source.format.element.bits / 8 + e / source.format.block_size
+        nbytes = read + e * fmt.element.bits / 8 + e / fmt.block_size + (2 * e if fmt.tensor_scale else 0)
         ops = machine.quantize_ops * e + (machine.sr_ops * e if op.stochastic else 0)
         if fmt.four_over_six != "off":
             ops += machine.four_over_six_ops * e
+        if fmt.scale_statistic == "gaussian":
+            ops += machine.gaussian_ops * e
         t += nbytes / machine.bandwidth + ops / machine.vector_ops
         if g.hadamard:
             t += 2 * g.hadamard * e / machine.bf16_flops

@@ -270,6 +270,33 @@ def rtn_block_error(x, s, E_EBITS: tl.constexpr, E_MBITS: tl.constexpr, E_BIAS: 
 
 
 @triton.jit
+def ms_eden_codes(x, v, sb, code, dec, amax, rows, row_ok, scale_table_ptr, s_enc, seed, offset,
+                  S_EBITS: tl.constexpr, S_MBITS: tl.constexpr, S_BIAS: tl.constexpr, S_MAX: tl.constexpr,
+                  DIVISION: tl.constexpr):
+    """MS-EDEN's scale pass (``reference.ms_eden.corrected_scale_codes``) for blocks whose
+    elements ``v`` were rounded to nearest under ``sb``: c = <x, x> / <x, v s> (pairwise fp32
+    sums; 1 where the denominator is not > 0), t = decode * c rounded stochastically onto the
+    scale grid with the Philox byte of the block index; a non-finite t or block keeps its code.
+    Returns (code, decoded scale, s_eff)."""
+    num = pairwise_row_sum(x * x)
+    den = pairwise_row_sum(x * (v * sb))
+    c = tl.where(den > 0.0, tl.math.div_rn(num, tl.where(den > 0.0, den, 1.0)), 1.0)
+    t = dec * c
+    t_ok = (t == t) & (tl.abs(t) < float("inf"))
+    block_ok = (amax == amax) & (amax < float("inf"))
+    rb = philox_byte(seed, offset, rows.to(tl.int64))
+    r = _round_grid(tl.where(t_ok, t, 0.0), S_EBITS, S_MBITS, S_BIAS, S_MAX, 1, rb)
+    new = _grid_code(r, S_EBITS, S_MBITS, S_BIAS, 0, False)
+    code = tl.where(t_ok & block_ok, new, code)
+    dec = tl.load(scale_table_ptr + code, mask=row_ok, other=1.0)
+    if DIVISION == 1:
+        s = dec * _reciprocal(s_enc + tl.zeros_like(dec))
+    else:
+        s = tl.math.div_rn(dec, s_enc + tl.zeros_like(dec))
+    return code, dec, s
+
+
+@triton.jit
 def store_codes(codes_ptr, index, code, mask, R: tl.constexpr, W: tl.constexpr, PACK: tl.constexpr):
     """Element codes of an [R, W] tile at element positions ``index`` (rows hold runs of whole
     blocks, so pairs (2j, 2j + 1) never straddle one); with PACK two per byte at index // 2,
@@ -293,7 +320,11 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
                   S_MAX: tl.constexpr, S_NAN: tl.constexpr, RULE: tl.constexpr, S_ROUND: tl.constexpr,
                   TENSOR_SCALE: tl.constexpr, ROUNDING: tl.constexpr, INLINE_RNG: tl.constexpr,
                   WRITE_CODES: tl.constexpr, WRITE_XHAT: tl.constexpr, PACK: tl.constexpr, DIVISION: tl.constexpr,
-                  FOUR_OVER_SIX: tl.constexpr = 0, STATISTIC: tl.constexpr = 0, KAPPA: tl.constexpr = 0.0):
+                  FOUR_OVER_SIX: tl.constexpr = 0, STATISTIC: tl.constexpr = 0, KAPPA: tl.constexpr = 0.0,
+                  MS_EDEN: tl.constexpr = 0):
+    """MS_EDEN 1: ROUNDING is 0 (the elements round to nearest) and each block's scale code is
+    then corrected and rounded stochastically with the Philox byte of its index
+    (``ms_eden_codes``); the tensor scale passed in is already that of twice the amax."""
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BS_P2)
@@ -305,6 +336,10 @@ def _block_kernel(x_ptr, rand_ptr, scale_table_ptr, codes_ptr, scales_ptr, xhat_
         x, row_ok, mask, idx, rand_ptr, scale_table_ptr, s_enc, seed, offset, E_EBITS, E_MBITS, E_BIAS, E_MAX,
         E_EMAX, S_KIND, S_EBITS, S_MBITS, S_BIAS, S_MAX, S_NAN, RULE, S_ROUND, TENSOR_SCALE, ROUNDING, INLINE_RNG,
         DIVISION, FOUR_OVER_SIX, STATISTIC, KAPPA, BS)
+    if MS_EDEN:
+        code, dec, s = ms_eden_codes(x, v, sb, code, dec, amax, rows, row_ok, scale_table_ptr, s_enc, seed, offset,
+                                     S_EBITS, S_MBITS, S_BIAS, S_MAX, DIVISION)
+        sb = s[:, None] + tl.zeros_like(x)
     if WRITE_CODES:
         store_codes(codes_ptr, idx, _grid_code(v, E_EBITS, E_MBITS, E_BIAS, E_NAN, True), mask, ROWS, BS_P2, PACK)
         if S_KIND == 2:

@@ -113,3 +113,25 @@ def test_quartet2_preset_trains_and_reserves_bits():
         losses.append(loss.item())
     assert int(m[0].sr_offset) > before
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("fmt", [NVFP4, NVFP4.replace(division="reciprocal"), lowprec.formats.UE5M3_FP4,
+                                 NVFP4.replace(block_2d=True, axis=-1), NVFP4.replace(axis=0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_computes_ms_eden_in_its_kernel_bit_exact(fmt, dtype):
+    """The Triton quantizer runs MS-EDEN's scale pass inside its kernel (not the shared torch
+    pass) and still gives the reference's codes and scales, special blocks included."""
+    from lowprec import ops
+    for op in ("quantize", "fake_quantize"):
+        assert getattr(ops.resolve(op, "triton", "cpu"), "native_ms_eden", False)
+    x = (torch.randn(64, 48, generator=torch.Generator().manual_seed(8)) * 2).to(dtype)
+    x[1, 3] = float("nan")
+    x[5] = 0.0
+    x[9] *= 1e-6
+    want = ref_quantize(x, fmt, rounding="ms_eden", seed=3, offset=5)
+    got = lowprec.quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend="triton")
+    assert torch.equal(got.codes, want.codes) and torch.equal(got.scales, want.scales)
+    assert torch.equal(got.tensor_scale, want.tensor_scale)
+    fake = lowprec.fake_quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend="triton")
+    assert torch.equal(fake.float().nan_to_num(7.0), want.dequantize(torch.float32).to(dtype).float().nan_to_num(7.0))

@@ -305,3 +305,14 @@ def test_element_scales_match_the_reference_s_eff():
     for fmt in (QUEST, PRE, NVFP4, NVFP4.replace(block_2d=True), MXFP4.replace(axis=0)):
         _, s_eff, _ = fake_quantize_with_scales(x, fmt)
         assert torch.equal(element_scales(quantize(x, fmt)), s_eff), fmt
+
+
+def test_cost_model_charges_the_gaussian_statistic_and_credits_forward_operands():
+    from lowprec.sim.cost import layer_time
+    q = lowprec.recipe.get("quartet")
+    t = layer_time(q, 8192, 4096, 4096)
+    amax_fwd = q.replace(**{"fprop.lhs.format": MXFP4.replace(scale_rule="rfloor"),
+                            "fprop.rhs.format": MXFP4.replace(scale_rule="rfloor")})
+    assert layer_time(amax_fwd, 8192, 4096, 4096) < t                      # 4 ops per element fewer
+    master = q.replace(backward_operands="master")
+    assert layer_time(master, 8192, 4096, 4096) > t                        # reads bf16 X and W again

@@ -97,6 +97,8 @@ def workload():
     lowprec.quantize(x, quest, backend="triton")
     lowprec.fake_quantize(x, F.NVFP4.replace(scale_statistic="gaussian"), backend="triton")
     lowprec.quantize(x, pre, rounding="stochastic", seed=1, backend="triton")
+    lowprec.quantize(x.to(torch.bfloat16), "nvfp4", rounding="ms_eden", seed=1, backend="triton")   # MS-EDEN in-kernel
+    lowprec.fake_quantize(x, F.NVFP4.replace(block_2d=True), rounding="ms_eden", seed=1, backend="triton")
     rc(x[:, :64], quest, "nearest", row_hadamard=(32, None), col_hadamard=(32, 1))
     rc(x[:, :64], pre, "stochastic", seed=1, row_hadamard=(32, 2), col_hadamard=(32, 1))
     for fmt in ("mxfp4", "nvfp4"):
