@@ -316,3 +316,23 @@ def test_cost_model_charges_the_gaussian_statistic_and_credits_forward_operands(
     assert layer_time(amax_fwd, 8192, 4096, 4096) < t                      # 4 ops per element fewer
     master = q.replace(backward_operands="master")
     assert layer_time(master, 8192, 4096, 4096) > t                        # reads bf16 X and W again
+
+
+from hypothesis import given, settings          # noqa: E402
+from hypothesis import strategies as st         # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32),
+                       min_size=32, max_size=32),
+       scale=st.sampled_from([MXFP4.replace(scale_statistic="gaussian", scale_rule=r) for r in ("rfloor", "floor")]
+                             + [NVFP4.replace(scale_statistic="gaussian")]))
+def test_gaussian_scale_of_any_finite_block_is_finite_and_the_same_on_every_backend(values, scale):
+    x = torch.tensor(values, dtype=torch.float32).reshape(1, 32)
+    ref = quantize(x, scale)
+    nan_code = 0xFF if scale.scale.kind == "e8m0" else scale.scale.nan_code
+    assert int(ref.scales.flatten()[0]) != nan_code
+    assert torch.isfinite(dequantize(ref, torch.float32)).all()
+    for backend in _backends():
+        got = ops.resolve("quantize", backend, x.device)(x, scale)
+        assert torch.equal(got.codes, ref.codes) and torch.equal(got.scales, ref.scales), backend
