@@ -4,7 +4,9 @@ Runs one fp32 forward/backward, records each linear layer's input X, weight W an
 gradient dY, then, per layer, quantizes the six operands exactly as the recipe would
 (Hadamard domain, block axis, rounding) and reports
   - the SQNR of each operand (x vs Q(x)), and
-  - the SQNR of each GEMM output (fprop Y, dgrad dX, wgrad dW) against fp32,
+  - the SQNR of each GEMM output (fprop Y, dgrad dX, wgrad dW) against fp32, dX and dW as the
+    layer computes them (the forward estimator's factor applied; with
+    ``backward_operands="forward"`` from the forward's quantized operands),
 ranking layers by their worst GEMM SQNR: the blind spots to keep in higher precision.
 SQNR = 10 log10(||ref||^2 / ||ref - approx||^2) in dB.
 """
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autograd import SLOTS, _padded_tokens, _transform, plan_for, quantize_operand, slot_offsets
+from .autograd import SLOTS, _padded_tokens, _to_input_domain, _transform, plan_for, quantize_operand, slot_offsets
 from .nn import _is_conv1d, layer_seed
 from .recipe import Recipe, get
 
@@ -70,13 +72,27 @@ def quantized_gemms(x, w, dy, recipe: Recipe, seed: int = 0, offset: int = 0):
     pad = _padded_tokens(tokens, had[2][0]) - tokens
     dy_w = F.pad(dy, (0, 0, 0, pad)) if pad else dy
     x_w = F.pad(x, (0, 0, 0, pad)) if pad else x
-    operands = [  # (tensor in its GEMM's transformed domain, slot index)
-        _transform(x, had[0], -1, seed, 0), _transform(w, had[0], -1, seed, 0),
-        _transform(dy, had[1], -1, seed, 1), _transform(w, had[1], 0, seed, 1),
+    fwd = [_transform(x, had[0], -1, seed, 0), _transform(w, had[0], -1, seed, 0)]
+    fq = [quantize_operand(t, plan.operands[i], rng, offsets[i], plan.estimator, plan.backend)
+          for i, t in enumerate(fwd)]
+    # the backward GEMMs' sources: X and W, or (Recipe.backward_operands="forward") the
+    # forward's quantized X_q and W_q, in the fprop domain
+    w_src, x_src = (fq[1][0], fq[0][0]) if plan.from_forward else (w, x)
+    if plan.from_forward and pad:
+        x_w = F.pad(x_src, (0, 0, 0, pad))
+    elif plan.from_forward:
+        x_w = x_src
+    operands = fwd + [  # each in its GEMM's transformed domain
+        _transform(dy, had[1], -1, seed, 1), _transform(w_src, had[1], 0, seed, 1),
         _transform(dy_w, had[2], 0, seed, 2), _transform(x_w, had[2], 0, seed, 2)]
-    quantized = [quantize_operand(t, plan.operands[i], rng, offsets[i], "ste", plan.backend)[0]
-                 for i, t in enumerate(operands)]
-    outputs = (quantized[0] @ quantized[1].t(), quantized[2] @ quantized[3], quantized[4].t() @ quantized[5])
+    quantized = [fq[0][0], fq[1][0]] + [quantize_operand(t, plan.operands[i + 2], rng, offsets[i + 2], "ste",
+                                                         plan.backend)[0] for i, t in enumerate(operands[2:])]
+    none = x.new_empty(0)
+    factors = [f if f is not None else none for _, f in fq]
+    # dX and dW as the layer computes them: the estimator's factor in the fprop domain, mapped back
+    d_x = _to_input_domain(quantized[2] @ quantized[3], factors[0], had[0], seed, (), plan.from_forward)
+    d_w = _to_input_domain(quantized[4].t() @ quantized[5], factors[1], had[0], seed, (), plan.from_forward)
+    outputs = (quantized[0] @ quantized[1].t(), d_x, d_w)
     return operands, quantized, outputs
 
 

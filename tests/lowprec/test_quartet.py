@@ -336,3 +336,21 @@ def test_gaussian_scale_of_any_finite_block_is_finite_and_the_same_on_every_back
     for backend in _backends():
         got = ops.resolve("quantize", backend, x.device)(x, scale)
         assert torch.equal(got.codes, ref.codes) and torch.equal(got.scales, ref.scales), backend
+
+
+@pytest.mark.parametrize("name", ["quartet", "quartet_rtn", "nvfp4+clipped_ste", "nvfp4"])
+def test_diagnose_reports_the_gemms_the_layer_computes(name):
+    """lowprec diagnose quantizes each layer as the recipe does: its dX and dW are the layer's
+    own gradients (trust mask applied, Quartet's backward on the forward's quantized operands)."""
+    from lowprec.autograd import quant_linear
+    from lowprec.diagnose import quantized_gemms
+    base, _, est = name.partition("+")
+    recipe = lowprec.recipe.get(base, **({"estimator": est} if est else {}))
+    torch.manual_seed(12)
+    x, w, dy = torch.randn(48, 64), torch.randn(32, 64) / 8, torch.randn(48, 32)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y = quant_linear(xr, wr, None, recipe, torch.tensor([3, 0]), layer_seed=3)
+    y.backward(dy)
+    _, _, (y_d, dx_d, dw_d) = quantized_gemms(x, w, dy, recipe, seed=3, offset=0)
+    for got, want in ((y_d, y.detach()), (dx_d, xr.grad), (dw_d, wr.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
