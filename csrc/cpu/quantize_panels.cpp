@@ -244,15 +244,44 @@ LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t
 // QuEST's Gaussian statistic of every column group (formats.h, gaussian_statistic): each
 // block gathered in the reference's block order, its amax (kept in group_true_amax, which the
 // amax outputs report) replaced by its clipping value for the scale computation.
+// Groups of whole vectors (rows and tiles of 16 or more) take the vector form: (x / amax)^2
+// 16 lanes at a time, each chunk summed by the first four levels of the pairwise tree, the
+// chunks then by the rest of it: the same tree, so the same sum.
+LOWPREC_INLINE float group_gaussian_statistic(const QuantJob& j, const Scratch& sc, int64_t q, float amax,
+                                              float* work) {
+  if (!std::isfinite(amax)) return amax;
+  if (amax == 0.0f) return 0.0f;
+  const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;
+  const vf av = splat(amax);
+  for (int64_t i = 0; i < bm; ++i) {
+    for (int64_t k = 0; k < gw; k += W) {
+      const vf y = load(sc.rows[i] + q * gw + k) / av;
+      work[(i * gw + k) / W] = pairwise_sum16(y * y);
+    }
+  }
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int64_t t = n; t < width; ++t) work[t] = 0.0f;
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) work[t] = work[2 * t] + work[2 * t + 1];
+  const float c = (j.fmt.gaussian_kappa * std::sqrt(work[0] / static_cast<float>(bm * gw))) * amax;
+  return c > kFp32Max ? kFp32Max : c;
+}
+
 LOWPREC_INLINE void gaussian_groups(const QuantJob& j, Scratch& sc, int64_t n_groups) {
   const int64_t bm = j.g.bm, gw = j.g.gw;
   float* blk = sc.block.data();
   float* work = sc.work.data();
   for (int64_t q = 0; q < n_groups; ++q) {
+    const float amax = sc.group_amax[q];
+    sc.group_true_amax[q] = amax;
+    if (gw % W == 0) {
+      sc.group_amax[q] = group_gaussian_statistic(j, sc, q, amax, work);
+      continue;
+    }
     for (int64_t i = 0; i < bm; ++i)
       for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
-    sc.group_true_amax[q] = sc.group_amax[q];
-    sc.group_amax[q] = gaussian_statistic(blk, bm * gw, sc.group_amax[q], j.fmt.gaussian_kappa, work);
+    sc.group_amax[q] = gaussian_statistic(blk, bm * gw, amax, j.fmt.gaussian_kappa, work);
   }
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import importlib.metadata
 import platform
 import statistics
 import subprocess
@@ -81,11 +82,13 @@ def environment(device: str = "cpu") -> dict:
     if str(device).startswith("cuda"):
         env["cuda"] = torch.version.cuda
         env["capability"] = "sm_%d%d" % torch.cuda.get_device_capability()
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
+    # the packages a result depends on: a transformers model built from a config draws its
+    # initial weights through transformers' own init code, which changes between versions
+    for name in ("triton", "transformers", "peft", "numpy"):
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return env
 
 
