@@ -14,7 +14,7 @@ Per-GEMM split (one width x width layer, ``--tokens`` rows): the Hadamard transf
 quantization of X and W to codes, and the FP4 GEMM, each timed alone.
 
 Usage: python benchmarks/bench_gpu_train_step.py [--width 2048 4096] [--layers 2] [--tokens 4096]
-       [--recipes mxfp4 nvfp4 ue5m3] [--repeats 10] [--device auto|cuda|cpu]
+       [--recipes mxfp4 nvfp4 ue5m3 nvfp4_4over6 quartet quartet2] [--repeats 10] [--device auto|cuda|cpu]
 (--device cpu with TRITON_INTERPRET=1, --gemm-backend kernels and a tiny width is a smoke run.)
 """
 
@@ -112,7 +112,7 @@ def main(argv=None):
     ap.add_argument("--width", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=4096, help="batch x sequence per step (sequence 1024)")
-    ap.add_argument("--recipes", nargs="+", default=["mxfp4", "nvfp4", "ue5m3"])
+    ap.add_argument("--recipes", nargs="+", default=["mxfp4", "nvfp4", "ue5m3", "nvfp4_4over6", "quartet", "quartet2"])
     ap.add_argument("--gemm-backend", default=None, choices=[None, "auto", "kernels", "simulate"])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="auto")

@@ -123,9 +123,10 @@ def test_fsdp_benchmark_runs(tmp_path):
 def test_gpu_train_step_script_smoke(tmp_path, monkeypatch):
     """The training-step benchmark runs end to end and names the kernels each row ran."""
     out = smoke_run("bench_gpu_train_step", "gpu_train_step", tmp_path, monkeypatch, "--width", "64", "--layers", "1",
-                    "--tokens", "32", "--recipes", "nvfp4", "--gemm-backend", "kernels")
+                    "--tokens", "32", "--recipes", "nvfp4", "quartet", "--gemm-backend", "kernels")
     rows = {r["model"]: r for r in out["rows"]}
     assert rows["nvfp4"]["kernels"] == "fp4_qgemm" and rows["bf16 nn.Linear"]["vs_bf16"] == 1.0
+    assert rows["quartet"]["kernels"] == "fp4_qgemm"                  # the trust mask on the kernel path
     assert rows["nvfp4"]["x_quantizer"] == "row_col_fused"          # 32 tokens x 64: one pass over X
     assert {r["part"] for r in out["gemm_split"]} >= {"quantize X", "quantize W", "fp4 gemm"}
     assert out["smoke_run"]
