@@ -31,6 +31,7 @@ import torch
 from . import ops
 from .distributed import data_parallel_amax
 from .activation_operands import fused_x_operands, fusion_blocker
+from .estimators import grad_factor
 from .execution import kernels_for, note, note_quantizer
 from .gemm import qgemm
 from .gemm_operands import as_gemm_operand, element_scales
@@ -177,12 +178,9 @@ def quantize_operand(t: torch.Tensor, op: OperandPlan, rng: torch.Tensor, extra_
 
 
 def clipped_mask(t: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-    """The ``clipped_ste`` factor of ``t`` quantized as ``q``: 1 where |t| <= elem_max * s_eff
-    (or s_eff == 0), 0 where the element saturated; bit for bit ``estimators.grad_factor``'s,
-    since s_eff is the same fp32 value per block."""
-    s = element_scales(q)
-    t = t.to(torch.float32)
-    return ((t.abs() <= q.fmt.element.max * s) | (s == 0)).to(torch.float32)
+    """The ``clipped_ste`` factor of ``t`` quantized as ``q``, by ``estimators.grad_factor``
+    from the codes' per-element s_eff (the same fp32 values the fake quantizer returns)."""
+    return grad_factor("clipped_ste", t, None, element_scales(q), None, q.fmt.element.max)
 
 
 def dequantize_codes(q: QuantizedTensor) -> torch.Tensor:
@@ -454,15 +452,13 @@ def _to_input_domain(grad: torch.Tensor, factor: torch.Tensor, hadamard: tuple, 
     empty for the straight-through estimator), in the input domain. ``in_fprop_domain``: the
     GEMM read the forward's quantized operands, so its result is already in the fprop
     (transformed) domain: multiply, then map back; otherwise map there first."""
-    if not hadamard[0]:
-        return grad * factor if factor.numel() else grad
-    if in_fprop_domain:
-        g_t = grad * factor if factor.numel() else grad
-        return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
-    if not factor.numel():
-        return grad
-    g_t = _transform(grad, hadamard, -1, layer_seed, 0, impls=impls) * factor
-    return _transform(g_t, hadamard, -1, layer_seed, 0, inverse=True, impls=impls)
+    if not factor.numel() and not in_fprop_domain:
+        return grad                                    # STE on master operands: nothing to do
+    if hadamard[0] and not in_fprop_domain:
+        grad = _transform(grad, hadamard, -1, layer_seed, 0, impls=impls)
+    if factor.numel():
+        grad = grad * factor
+    return _transform(grad, hadamard, -1, layer_seed, 0, inverse=True, impls=impls) if hadamard[0] else grad
 
 
 def outlier_channel_indices(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -71,17 +71,13 @@ def quantized_gemms(x, w, dy, recipe: Recipe, seed: int = 0, offset: int = 0):
     had = plan.hadamard
     pad = _padded_tokens(tokens, had[2][0]) - tokens
     dy_w = F.pad(dy, (0, 0, 0, pad)) if pad else dy
-    x_w = F.pad(x, (0, 0, 0, pad)) if pad else x
     fwd = [_transform(x, had[0], -1, seed, 0), _transform(w, had[0], -1, seed, 0)]
     fq = [quantize_operand(t, plan.operands[i], rng, offsets[i], plan.estimator, plan.backend)
           for i, t in enumerate(fwd)]
     # the backward GEMMs' sources: X and W, or (Recipe.backward_operands="forward") the
     # forward's quantized X_q and W_q, in the fprop domain
     w_src, x_src = (fq[1][0], fq[0][0]) if plan.from_forward else (w, x)
-    if plan.from_forward and pad:
-        x_w = F.pad(x_src, (0, 0, 0, pad))
-    elif plan.from_forward:
-        x_w = x_src
+    x_w = F.pad(x_src, (0, 0, 0, pad)) if pad else x_src
     operands = fwd + [  # each in its GEMM's transformed domain
         _transform(dy, had[1], -1, seed, 1), _transform(w_src, had[1], 0, seed, 1),
         _transform(dy_w, had[2], 0, seed, 2), _transform(x_w, had[2], 0, seed, 2)]

@@ -75,10 +75,8 @@ def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr
         from ..reference import ms_eden
         check_quantize_call(x, fmt, "stochastic", seed, offset, nan_policy, False, amax_tensor)
         ms_eden.check_format(get_format(fmt))
-        p = Prepared(x, fmt, "nearest", seed, offset, strict, nan_policy,
-                     ms_eden.headroom_amax(x, get_format(fmt), amax_tensor), _random_bytes, keep_dtype=True)
-        p.seed = int(seed)
-        return p
+        return Prepared(x, fmt, "nearest", seed, offset, strict, nan_policy,
+                        ms_eden.headroom_amax(x, get_format(fmt), amax_tensor), _random_bytes, keep_dtype=True)
     return Prepared(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, _random_bytes, keep_dtype=True,
                     sr_clipping=sr_clipping)
 
