@@ -13,6 +13,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lowprec.galore import GaLoreAdamW, galore_param_groups
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shared"))
+from gloo_exit import leave_group  # noqa: E402
+
 PER_RANK, WORLD, STEPS = 32, 2, 4
 
 
@@ -45,10 +48,7 @@ def worker(rank, out_dir):
         opt.step()
     if rank == 0:
         torch.save([p.detach() for p in m.module.parameters()], os.path.join(out_dir, "ddp.pt"))
-    # both ranks tear down together: a rank destroying its gloo group while the other still works
-    # aborts with 'terminate called without an active exception' (seen under load)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 def main(out_dir):

@@ -23,6 +23,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import lowprec
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shared"))
+from gloo_exit import leave_group  # noqa: E402
+
 TOKENS_PER_RANK, WORLD = 64, 2
 
 
@@ -61,10 +64,7 @@ def worker(rank, out_dir):
     loss_fn(m, x[sl], y[sl]).backward()
     if rank == 0:
         torch.save([p.grad for p in m.module.parameters()], os.path.join(out_dir, "ddp.pt"))
-    # both ranks tear down together: a rank destroying its gloo group while the other still works
-    # aborts with 'terminate called without an active exception' (seen under load)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 def main(out_dir):

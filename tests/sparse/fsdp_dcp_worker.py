@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fsdp_worker import (CASES, TOKENS_PER_RANK, WORLD, batches, full_state, model, optimizer,  # noqa: E402
                          train_as_two_ranks)
+from gloo_exit import leave_group  # noqa: E402
 
 
 def build(name):
@@ -68,8 +69,7 @@ def worker(rank, out_dir, phase, name):
         state = full_state(m)
         if rank == 0:
             torch.save(state, os.path.join(out_dir, f"{phase}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from torch import nn
 import lowprec
 from lowprec import sparse
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shared"))
+from gloo_exit import leave_group  # noqa: E402
+
 WORLD, TOKENS_PER_RANK, STEPS = 2, 32, 4
 
 
@@ -146,8 +149,7 @@ def worker(rank, out_dir):
     except NotImplementedError as e:
         if rank == 0:
             print("layerwise refused under FSDP2:", str(e).split(":")[0], flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group()
 
 
 def main(out_dir):
