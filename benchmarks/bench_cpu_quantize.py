@@ -1,6 +1,8 @@
 """CPU quantize + dequantize throughput, 4096x4096 fp32, side by side in one run:
 lowprec reference, lowprec C++ (cpp), and torchao's CPU path (torchao.prototype.mx_formats,
-optional: skipped with a note when it is not installed).
+optional: skipped with a note when it is not installed). For NVFP4 with MS-EDEN also the C++
+element kernel followed by the reference's torch scale pass ("cpp+torch-pass"), which is how
+the cpp backend ran MS-EDEN before the pass moved into its kernel.
 
 Usage: python benchmarks/bench_cpu_quantize.py [--size 4096] [--repeats 3]
 """
@@ -30,6 +32,15 @@ def torchao_fns(fmt: str):
             lambda q: q.dequantize(torch.float32)), "NVFP4Tensor.to_nvfp4 (with per-tensor scale)"
 
 
+def torch_pass_ms_eden(x, fmt):
+    """MS-EDEN as the cpp backend computed it before its kernel did: the cpp round-to-nearest
+    kernel for the elements, then reference/ms_eden.py's torch pass for the scales."""
+    from lowprec import ops
+    from lowprec.reference import ms_eden
+    rtn = ops.implementations("quantize")["cpp"]
+    return ms_eden.quantize(rtn, ops.implementations("random_bytes")["cpp"], x, fmt, 0, 0, False, "propagate", None)
+
+
 def throughput_row(impl, fmt, rounding, n, tq, td) -> dict:
     """Melem/s from the median times (the headline), and the round trip from the best times:
     a fresh 64 MiB output costs page faults whose price varies run to run on a shared machine
@@ -50,15 +61,20 @@ def main():
     n = x.numel()
     rows, notes = [], {}
     for fmt in ("mxfp4", "nvfp4"):
-        for rounding in ("nearest", "stochastic"):
-            for backend in ("reference", "cpp"):
-                if backend not in lowprec.available_backends():
+        for rounding in ("nearest", "stochastic") + (("ms_eden",) if fmt == "nvfp4" else ()):
+            for backend in ("reference", "cpp") + (("cpp+torch-pass",) if rounding == "ms_eden" else ()):
+                if backend.split("+")[0] not in lowprec.available_backends():
                     notes[backend] = "not built"
                     continue
-                q = lowprec.quantize(x, fmt, rounding=rounding, seed=0, backend=backend)
-                tq = time_fn(lambda: lowprec.quantize(x, fmt, rounding=rounding, seed=0, backend=backend),
-                             repeats=args.repeats)
-                td = time_fn(lambda: lowprec.dequantize(q, backend=backend), repeats=args.repeats)
+                if backend == "cpp+torch-pass":
+                    def quant():
+                        return torch_pass_ms_eden(x, lowprec.formats.get_format(fmt))
+                else:
+                    def quant():
+                        return lowprec.quantize(x, fmt, rounding=rounding, seed=0, backend=backend)
+                q = quant()
+                tq = time_fn(quant, repeats=args.repeats)
+                td = time_fn(lambda: lowprec.dequantize(q, backend=backend.split("+")[0]), repeats=args.repeats)
                 rows.append(throughput_row(f"lowprec-{backend}", fmt, rounding, n, tq, td))
             if rounding == "nearest":
                 (fns, why) = torchao_fns(fmt)

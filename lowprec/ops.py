@@ -42,6 +42,14 @@ def register(op: str, backend: str):
     return deco
 
 
+def native_ms_eden(fn):
+    """Decorator: ``fn`` (a backend's quantize or fake_quantize) computes rounding="ms_eden" in
+    its own kernel, so ``resolve`` returns it as it is instead of wrapping it with the shared
+    torch scale pass of reference/ms_eden.py."""
+    fn.native_ms_eden = True
+    return fn
+
+
 @lru_cache(maxsize=None)
 def backend_status(backend: str):
     """(available, reason) for a backend; importing it registers its ops."""
@@ -101,7 +109,7 @@ def _resolve(op: str, backend: str, device) -> Callable:
 def _with_ms_eden(op: str, fn: Callable, backend: str, device) -> Callable:
     """``quantize`` / ``fake_quantize`` of any backend with rounding="ms_eden": the backend
     rounds the elements to nearest, the shared pass of reference/ms_eden.py corrects the scales.
-    A backend whose op computes MS-EDEN in its own kernel (``native_ms_eden``, Triton) is
+    A backend whose op computes MS-EDEN in its own kernel (``native_ms_eden``: Triton, cpp) is
     returned as it is."""
     if op not in ("quantize", "fake_quantize") or getattr(fn, "native_ms_eden", False):
         return fn

@@ -48,7 +48,13 @@ struct QuantJob {
   float* x_hat;
   float* s_eff_out;
   float* amax_out;
+  // MS-EDEN (rounding id kMsEdenRounding): elements round to nearest under the block scale, then
+  // each block's scale code is corrected (ms_eden_groups); S_enc is that of twice the amax
+  bool ms_eden = false;
 };
+
+// The rounding id of MS-EDEN in the panel kernels' interface (lowprec/_backends/panels.py).
+constexpr int64_t kMsEdenRounding = 4;
 
 struct Scratch {
   std::vector<float> x, s, inv_s, amax, out;
@@ -57,9 +63,14 @@ struct Scratch {
   std::vector<const float*> rows;
   std::vector<uint8_t> codes, rand;
   std::vector<float> block, work;   // Four Over Six: one block's elements in block order, its error tree
+  // MS-EDEN: the corrected s_eff of each group and per column (x_hat = v * s_out); the Philox
+  // window of 16 counters (256 bytes) the last block byte came from
+  std::vector<float> s_out, group_s_out;
+  int64_t eden_counter = -1;
+  uint8_t eden_bytes[256];
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), group_true_amax(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(pow2_at_least(g.bm * g.gw)) {}
+        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld) {}
   static int64_t pow2_at_least(int64_t n) {
     int64_t w = 1;
     while (w < n) w *= 2;
@@ -285,6 +296,78 @@ LOWPREC_INLINE void gaussian_groups(const QuantJob& j, Scratch& sc, int64_t n_gr
   }
 }
 
+// The Philox byte at flat position ``at`` of the stream (random_bytes(seed, offset, .)[at]):
+// byte at % 16 of counter offset + at / 16, from a cached window of 16 counters.
+LOWPREC_INLINE uint32_t stream_byte(const QuantJob& j, Scratch& sc, int64_t at) {
+  const int64_t c = at / 16;
+  if (sc.eden_counter < 0 || c < sc.eden_counter || c >= sc.eden_counter + 16) {
+    philox_256_bytes(j.seed, j.offset + static_cast<uint64_t>(c), sc.eden_bytes);
+    sc.eden_counter = c;
+  }
+  return sc.eden_bytes[at - sc.eden_counter * 16];
+}
+
+// MS-EDEN's dot products of group q (formats.h, ms_eden_block_sums) for groups of whole
+// vectors: 16 lanes at a time, each chunk summed by the first four levels of the pairwise
+// tree, the chunks by the rest of it (the same tree, so the same sums).
+LOWPREC_INLINE void group_eden_sums(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work,
+                                    float* num, float* den) {
+  const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  float* work_den = work + width;
+  const vf sv = splat(s), inv = splat(element_multiplier(s));
+  const bool reciprocal = j.fmt.division == kReciprocal;
+  for (int64_t i = 0; i < bm; ++i) {
+    for (int64_t k = 0; k < gw; k += W) {
+      const vf x = load(sc.rows[i] + q * gw + k);
+      vf xs = reciprocal ? x * inv : x / sv;
+      xs = (sv == 0.0f) ? splat(0.0f) : xs;
+      vf v;
+      encode<kNearest>(xs, j.coder, splat_i(0), &v);
+      work[(i * gw + k) / W] = pairwise_sum16(x * x);
+      work_den[(i * gw + k) / W] = pairwise_sum16(x * (v * sv));
+    }
+  }
+  for (int64_t t = n; t < width; ++t) work[t] = work_den[t] = 0.0f;
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) {
+      work[t] = work[2 * t] + work[2 * t + 1];
+      work_den[t] = work_den[2 * t] + work_den[2 * t + 1];
+    }
+  *num = work[0];
+  *den = work_den[0];
+}
+
+// MS-EDEN over the panel's column groups: each block's scale code (that of its amax, as
+// block_scales chose it) corrected by EDEN's factor and rounded stochastically with the Philox
+// byte of its flat index in the stored scales (formats.h, ms_eden_scale_code). The elements
+// keep the codes of the original scale (group_s); group_s_out gets the corrected s_eff.
+LOWPREC_INLINE void ms_eden_groups(const QuantJob& j, Scratch& sc, int64_t n_groups, std::pair<int64_t, int64_t> slot) {
+  const int64_t bm = j.g.bm, gw = j.g.gw;
+  float* blk = sc.block.data();
+  float* work = sc.work.data();
+  for (int64_t q = 0; q < n_groups; ++q) {
+    const int64_t at = slot.first + q * slot.second;
+    const float amax = sc.group_amax[q], s = sc.group_s[q];
+    sc.group_s_out[q] = s;
+    if (!std::isfinite(amax)) continue;                    // NaN / Inf blocks keep their code
+    const uint32_t code = j.scale_codes ? j.scale_codes[at] : scale_code(amax, j.fmt, j.s_enc);
+    float num, den;
+    if (gw % W == 0) {
+      group_eden_sums(j, sc, q, s, work, &num, &den);
+    } else {
+      for (int64_t i = 0; i < bm; ++i)
+        for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
+      ms_eden_block_sums(blk, bm * gw, s, j.fmt, work, &num, &den);
+    }
+    const uint32_t fixed = ms_eden_scale_code(num, den, j.scale_table[code], amax, code, j.fmt.scale,
+                                              stream_byte(j, sc, at));
+    if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(fixed);
+    sc.group_s_out[q] = effective_scale(j.scale_table[fixed], j.fmt, j.s_enc);
+  }
+}
+
 // Column amaxes over the panel's rows, then one scale per column group, spread over its columns.
 LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int64_t pm, int64_t m0, int64_t n0,
                          int64_t width) {
@@ -333,6 +416,8 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
   block_scales(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
   if (j.fmt.scale_statistic == kStatGaussian) std::copy(sc.group_true_amax.begin(), sc.group_true_amax.begin() + n_groups, sc.group_amax.begin());
   if (j.fmt.four_over_six != kFourOverSixOff) four_over_six_groups(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  if (j.ms_eden) ms_eden_groups(j, sc, n_groups, scale_slots(g, b, pm, m0, n0));
+  const float* gso = j.ms_eden ? sc.group_s_out.data() : sc.group_s.data();   // x_hat's multiplier
   // Per-group scale inverses; with groups of whole vectors code_row reads the group values
   // directly, else (and for the per-element s_eff / amax outputs) they are spread over columns.
   const float* gs = sc.group_s.data();
@@ -344,6 +429,7 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
     for (int64_t q = 0; q <= n_groups && q * W < g.ld; ++q) {
       store(sc.s.data() + q * W, splat(q < n_groups ? gs[q] : 1.0f));
       store(sc.inv_s.data() + q * W, splat(q < n_groups ? ginv[q] : 1.0f));
+      if (j.ms_eden) store(sc.s_out.data() + q * W, splat(q < n_groups ? gso[q] : 1.0f));
     }
     return;
   }
@@ -351,6 +437,7 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
   float* s_col = sc.s.data();
   float* inv_col = sc.inv_s.data();
   float* amax_col = j.amax_out ? sc.amax.data() : nullptr;   // only fake_quantize with_scales reads it
+  float* out_col = j.ms_eden ? sc.s_out.data() : nullptr;
   const int64_t gw = g.gw;
   for (int64_t q = 0; q < n_groups; ++q) {
     const float s = gs[q], amax = gamax[q], inv = ginv[q];
@@ -360,17 +447,20 @@ LOWPREC_INLINE void panel_scales(const QuantJob& j, Scratch& sc, int64_t b, int6
       store(s_col + k, sv);
       store(inv_col + k, iv);
       if (amax_col) store(amax_col + k, av);
+      if (out_col) store(out_col + k, splat(gso[q]));
     }
     for (; k < (q + 1) * gw; ++k) {
       s_col[k] = s;
       inv_col[k] = inv;
       if (amax_col) amax_col[k] = amax;
+      if (out_col) out_col[k] = gso[q];
     }
   }
   for (int64_t k = width; k < g.ld; ++k) {
     s_col[k] = 1.0f;
     inv_col[k] = 1.0f;
     if (amax_col) amax_col[k] = 0.0f;
+    if (out_col) out_col[k] = 1.0f;
   }
 }
 
@@ -388,16 +478,19 @@ LOWPREC_INLINE void code_row(const QuantJob& j, Scratch& sc, int64_t i, const ui
   const float* xr = sc.rows[i];
   const float* sv = sc.s.data();
   const float* iv = sc.inv_s.data();
+  const float* ov = j.ms_eden ? sc.s_out.data() : sv;   // x_hat = v * s_out (MS-EDEN's corrected s_eff)
   uint8_t* cb = sc.codes.data() + i * ld;
-  vf s = splat(1.0f), inv = splat(1.0f);
+  vf s = splat(1.0f), inv = splat(1.0f), s_out = splat(1.0f);
   for (int64_t k = 0, q = 0, next = 0; k < ld; k += W) {
     const vf x = load(xr + k);
     if (!grouped) {
       s = load(sv + k);
       inv = load(iv + k);
+      if constexpr (Fake) s_out = load(ov + k);
     } else if (k == next) {   // the first vector of group q (q = n_groups: the padding after them)
       s = load(sv + q * W);
       inv = load(iv + q * W);
+      if constexpr (Fake) s_out = load(ov + q * W);
       q += k < width;
       next = k < width ? next + gw : ld;
     }
@@ -407,7 +500,7 @@ LOWPREC_INLINE void code_row(const QuantJob& j, Scratch& sc, int64_t i, const ui
     vf v;
     const vi code = encode<Mode>(xs, coder, r, Fake ? &v : nullptr);
     if constexpr (Fake) {
-      store(out_row + k, v * s);
+      store(out_row + k, v * s_out);
     } else if (!dst) {
       store_bytes(cb + k, code);
     } else if (packed) {
@@ -472,7 +565,7 @@ LOWPREC_INLINE void run_item_as(const QuantJob& j, Scratch& sc, int64_t item) {
     if constexpr (Fake) {
       if (out_row != j.x_hat + o) memcpy(j.x_hat + o, out_row, cols * sizeof(float));
       if (j.s_eff_out) {
-        memcpy(j.s_eff_out + o, sc.s.data(), cols * sizeof(float));
+        memcpy(j.s_eff_out + o, (j.ms_eden ? sc.s_out : sc.s).data(), cols * sizeof(float));
         memcpy(j.amax_out + o, sc.amax.data(), cols * sizeof(float));
       }
     }
@@ -536,13 +629,19 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
   TORCH_CHECK(geometry.size() == 2 && geometry[0] >= kRows && geometry[0] <= kTiles && geometry[1] >= 2 &&
                   geometry[1] <= 128 && geometry[1] % 2 == 0,
               "lowprec panel kernels: geometry is [mode (0 rows, 1 cols, 2 tiles), even block size <= 128]");
-  TORCH_CHECK(rounding == kNearest || rounding == kStochastic || rounding == kZero,
-              "lowprec panel kernels: rounding must be nearest (0), stochastic (1) or zero (2)");
+  TORCH_CHECK(rounding == kNearest || rounding == kStochastic || rounding == kZero || rounding == kMsEdenRounding,
+              "lowprec panel kernels: rounding must be nearest (0), stochastic (1), zero (2) or MS-EDEN (4)");
+  const bool ms_eden = rounding == kMsEdenRounding;
+  if (ms_eden) rounding = kNearest;
   QuantJob j{PanelGeometry(x.size(0), x.size(1), x.size(2), int(geometry[0]), int(geometry[1])),
              block_format_from(iparams, fparams), ElementCoder(Minifloat{}), 1.0f, int(rounding),
              static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), false, nullptr, nullptr, nullptr, true,
              {0, 0, 0}, nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   j.coder = ElementCoder(j.fmt.elem);
+  j.ms_eden = ms_eden;
+  TORCH_CHECK(!ms_eden || (j.fmt.scale_kind == kMinifloatScale && j.fmt.elem.ebits == 2 && j.fmt.elem.mbits == 1 &&
+                           j.fmt.four_over_six == kFourOverSixOff && j.fmt.scale_statistic == kStatAmax),
+              "lowprec panel kernels: MS-EDEN takes E2M1 elements with minifloat amax scales");
   TORCH_CHECK(j.fmt.elem.bias <= 126 && j.fmt.elem.mbits <= 20, "lowprec panel kernels: unsupported element format");
   if (j.fmt.tensor_scale) {
     float a;
@@ -552,6 +651,7 @@ QuantJob make_job(const at::Tensor& x, const at::Tensor& scale_table, c10::IntAr
     } else {
       a = x.numel() ? tensor_amax(x) : 0.0f;
     }
+    if (ms_eden) a = a * 2.0f;   // headroom for the scale correction (reference/ms_eden.py, HEADROOM)
     j.s_enc = tensor_encode_scale(a, j.fmt);
   } else {
     j.s_enc = j.fmt.pre_scale;   // a fixed second-level scale (QuantFormat.pre_scale), 1 without one

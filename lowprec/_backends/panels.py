@@ -71,12 +71,27 @@ def _element_table(element) -> torch.Tensor:
     return element.table("cpu")
 
 
+# The panel kernels' id of rounding="ms_eden" (kMsEdenRounding in csrc/cpu/quantize_panels.cpp).
+MS_EDEN_ROUNDING = 4
+
+
 def _common(x, fmt, rounding, seed, offset, nan_policy, amax_tensor, sr_clipping):
-    fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
+    if rounding == "ms_eden":
+        # MS-EDEN in the kernel: the elements round to nearest under the tensor scale of twice
+        # the amax, then each block's scale code is corrected (quantize_panels.cpp, ms_eden_groups)
+        from ..reference import ms_eden
+        check_quantize_call(x, fmt, "stochastic", seed, offset, nan_policy, False, amax_tensor)
+        fmt = get_format(fmt)
+        ms_eden.check_format(fmt)
+        rounding_id = MS_EDEN_ROUNDING
+    else:
+        fmt = check_quantize_call(x, fmt, rounding, seed, offset, nan_policy, sr_clipping, amax_tensor)
+        rounding_id = ROUNDING_IDS[rounding]
     amax = amax_tensor.reshape(()).to(torch.float32) if (fmt.tensor_scale and amax_tensor is not None) else None
-    return fmt, _format_args(fmt), amax, (ROUNDING_IDS[rounding], int64_bits(seed or 0), int64_bits(offset))
+    return fmt, _format_args(fmt), amax, (rounding_id, int64_bits(seed or 0), int64_bits(offset))
 
 
+@ops.native_ms_eden
 def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
              strict: bool = False, nan_policy: str = "propagate",
              amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
@@ -94,6 +109,7 @@ def quantize(x: torch.Tensor, fmt="mxfp4", rounding: str = "nearest", seed: Opti
                            fmt, x.shape, x.dtype, layout.axis)
 
 
+@ops.native_ms_eden
 def fake_quantize(x: torch.Tensor, fmt, rounding: str = "nearest", seed: Optional[int] = None, offset: int = 0,
                   nan_policy: str = "propagate", amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
                   sr_clipping: bool = False):

@@ -81,15 +81,8 @@ def _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr
                     sr_clipping=sr_clipping)
 
 
-def _native_ms_eden(fn):
-    """Marks an op that computes rounding="ms_eden" itself, in one kernel (ops.resolve does not
-    wrap it with the shared torch scale pass)."""
-    fn.native_ms_eden = True
-    return fn
-
-
 @ops.register("quantize", "triton")
-@_native_ms_eden
+@ops.native_ms_eden
 def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=False, nan_policy="propagate",
              amax_tensor: Optional[torch.Tensor] = None, sr_clipping: bool = False) -> QuantizedTensor:
     p = _prepare(x, fmt, rounding, seed, offset, strict, nan_policy, amax_tensor, sr_clipping)
@@ -98,7 +91,7 @@ def quantize(x, fmt="mxfp4", rounding="nearest", seed=None, offset=0, strict=Fal
 
 
 @ops.register("fake_quantize", "triton")
-@_native_ms_eden
+@ops.native_ms_eden
 def fake_quantize_with_scales(x, fmt, rounding="nearest", seed=None, offset=0, nan_policy="propagate",
                               amax_tensor: Optional[torch.Tensor] = None, with_scales: bool = True,
                               sr_clipping: bool = False):

@@ -21,10 +21,12 @@ rotation vanishes for uniform rotations and is small for a random Hadamard trans
 elements carry no rounding noise, which is why the error is lower than element-wise
 stochastic rounding.
 
-The pass is shared by every backend: each backend's kernel rounds the elements to nearest,
-bit for bit the reference's, and this module (torch operations, on the tensors' device)
-corrects the scales. The result is therefore the same on every backend. The Philox bytes come
-from the ``random_bytes`` of the device's fastest backend, which are the same bits.
+This module is the reference of the scale pass. The Triton and C++ quantizers compute the
+same pass inside their kernels (``ops.native_ms_eden``). Any other backend rounds the elements
+to nearest with its own kernel, bit for bit the reference's, and this module (torch
+operations, on the tensors' device) corrects the scales. The Philox bytes then come from the
+``random_bytes`` of the device's fastest backend, which are the same bits. The result is the
+same on every backend.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ round to nearest fails), and given the rotation its expectation satisfies EDEN's
 rounding; the random draws sit in the scales alone and are the same on every backend."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import lowprec
@@ -115,23 +117,82 @@ def test_quartet2_preset_trains_and_reserves_bits():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.skipif(not TRITON, reason="triton is not installed")
-@pytest.mark.parametrize("fmt", [NVFP4, NVFP4.replace(division="reciprocal"), lowprec.formats.UE5M3_FP4,
-                                 NVFP4.replace(block_2d=True, axis=-1), NVFP4.replace(axis=0)])
+IN_KERNEL = ["cpp"] + (["triton"] if TRITON else [])
+EDEN_FORMATS = [NVFP4, NVFP4.replace(division="reciprocal"), lowprec.formats.UE5M3_FP4,
+                NVFP4.replace(block_2d=True, axis=-1), NVFP4.replace(axis=0),
+                lowprec.formats.UE5M3_FP4.replace(block_size=8),                  # groups narrower than a vector
+                lowprec.formats.UE5M3_FP4.replace(block_size=32, block_2d=True)]
+
+
+def _special(x):
+    """x with a NaN, an all-zero block row and a tiny row (blocks that keep their scale, that
+    correct nothing, and that sit near the bottom of the scale grid)."""
+    x = x.clone()
+    rows = x.view(-1, x.shape[-1])
+    rows[1, 3] = float("nan")
+    rows[5] = 0.0
+    rows[2] *= 1e-6
+    return x
+
+
+@pytest.mark.parametrize("backend", IN_KERNEL)
+@pytest.mark.parametrize("fmt", EDEN_FORMATS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_computes_ms_eden_in_its_kernel_bit_exact(fmt, dtype):
-    """The Triton quantizer runs MS-EDEN's scale pass inside its kernel (not the shared torch
-    pass) and still gives the reference's codes and scales, special blocks included."""
+def test_kernels_compute_ms_eden_in_the_kernel_bit_exact(backend, fmt, dtype):
+    """The cpp and Triton quantizers run MS-EDEN's scale pass inside their kernels (not the
+    shared torch pass) and give the reference's codes, scales and x_hat, special blocks included."""
     from lowprec import ops
     for op in ("quantize", "fake_quantize"):
-        assert getattr(ops.resolve(op, "triton", "cpu"), "native_ms_eden", False)
-    x = (torch.randn(64, 48, generator=torch.Generator().manual_seed(8)) * 2).to(dtype)
-    x[1, 3] = float("nan")
-    x[5] = 0.0
-    x[9] *= 1e-6
+        assert getattr(ops.resolve(op, backend, "cpu"), "native_ms_eden", False)
+    x = _special((torch.randn(64, 48, generator=torch.Generator().manual_seed(8)) * 2).to(dtype))
     want = ref_quantize(x, fmt, rounding="ms_eden", seed=3, offset=5)
-    got = lowprec.quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend="triton")
+    got = lowprec.quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend=backend)
     assert torch.equal(got.codes, want.codes) and torch.equal(got.scales, want.scales)
     assert torch.equal(got.tensor_scale, want.tensor_scale)
-    fake = lowprec.fake_quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend="triton")
+    fake = lowprec.fake_quantize(x, fmt, rounding="ms_eden", seed=3, offset=5, backend=backend)
     assert torch.equal(fake.float().nan_to_num(7.0), want.dequantize(torch.float32).to(dtype).float().nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("fmt", EDEN_FORMATS)
+@pytest.mark.parametrize("shape", [(8, 4096), (300, 64), (3, 5, 64), (2, 96, 80)])
+def test_cpp_ms_eden_over_panel_shapes_and_scale_outputs(fmt, shape):
+    """The cpp kernel's MS-EDEN over its panel geometries: rows longer than one work item
+    (several column chunks per panel), short rows regrouped into longer ones, batched and
+    ragged shapes; the fake quantizer's per-element s_eff and block amax (what the estimators
+    read) equal the reference's, with the tensor amax taken from the data or given."""
+    from lowprec.reference import ms_eden
+    from lowprec.reference.fake import fake_quantize_with_scales as ref_fake
+    x = _special(torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 3)
+    kernel = ops.resolve("fake_quantize", "cpp", "cpu")
+    for amax in (None, torch.tensor(5.0)):
+        got = kernel(x, fmt, rounding="ms_eden", seed=9, offset=2, with_scales=True, amax_tensor=amax)
+        want = ref_fake(x, fmt, "ms_eden", 9, 2, amax_tensor=amax)
+        for g, w in zip(got, want):
+            assert torch.equal(g.nan_to_num(7.0), w.nan_to_num(7.0))
+    q = lowprec.quantize(x, fmt, rounding="ms_eden", seed=9, offset=2, backend="cpp")
+    rq = ref_quantize(x, fmt, rounding="ms_eden", seed=9, offset=2)
+    assert torch.equal(q.codes, rq.codes) and torch.equal(q.scales, rq.scales)
+    rtn = ops.resolve("quantize", "cpp", "cpu")(x, fmt, "nearest", amax_tensor=ms_eden.headroom_amax(x, fmt, None))
+    assert torch.equal(q.codes, rtn.codes)                    # the elements are those of round-to-nearest
+    if q.scales.numel() >= 32:                                # and (over enough blocks) some scales moved
+        assert not torch.equal(q.scales, rtn.scales)
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(EDEN_FORMATS + [NVFP4.replace(tensor_scale=False)]), st.integers(1, 3), st.integers(0, 10_000),
+       st.sampled_from([8, 16, 32, 64, 128]))
+def test_cpp_ms_eden_bit_exact_over_random_shapes(fmt, ndim, seed, bs):
+    """Any shape (padded blocks included), axis and block size, values spread over 2^±12:
+    the cpp kernel's MS-EDEN equals the reference's x_hat, s_eff and block amax bit for bit."""
+    from lowprec.reference.fake import fake_quantize_with_scales as ref_fake
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(int(v) for v in torch.randint(1, 40, (ndim,), generator=g))
+    f = fmt.replace(block_size=bs) if not (fmt.block_2d and ndim < 2) else fmt.replace(block_2d=False, block_size=bs)
+    if not f.block_2d:
+        f = f.replace(axis=int(torch.randint(-ndim, ndim, (1,), generator=g)))
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-12, 13, shape, generator=g).float())
+    got = ops.resolve("fake_quantize", "cpp", "cpu")(x, f, rounding="ms_eden", seed=seed, offset=seed * 7)
+    want = ref_fake(x, f, "ms_eden", seed, seed * 7)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b), (f, shape)

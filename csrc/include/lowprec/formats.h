@@ -338,6 +338,43 @@ LOWPREC_HD float gaussian_statistic(const float* x, int64_t n, float amax, float
   return c > kFp32Max ? kFp32Max : c;
 }
 
+// MS-EDEN (lowprec/reference/ms_eden.py): the two dot products of a block x[0..n) (block order)
+// rounded to nearest under s_eff, each a pairwise fp32 tree zero-padded to a power of two:
+// num = <x, x>, den = <x, v s_eff> (v the element grid value of x / s_eff, as quantize codes it).
+// ``work`` holds that power of two floats.
+LOWPREC_HD void ms_eden_block_sums(const float* x, int64_t n, float s_eff, const BlockFormat& f, float* work,
+                                   float* num, float* den) {
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t j = 0; j < width; ++j) {
+      float e = 0.0f;
+      if (j < n && pass == 0) {
+        e = x[j] * x[j];
+      } else if (j < n) {
+        float xs = f.division == kReciprocal ? x[j] * element_multiplier(s_eff) : x[j] / s_eff;
+        xs = s_eff == 0.0f ? 0.0f : xs;
+        e = x[j] * (round_to_grid(xs, f.elem, kNearest, 0u) * s_eff);
+      }
+      work[j] = e;
+    }
+    for (int64_t w = width; w > 1; w /= 2)
+      for (int64_t j = 0; j < w / 2; ++j) work[j] = work[2 * j] + work[2 * j + 1];
+    *(pass == 0 ? num : den) = work[0];
+  }
+}
+
+// MS-EDEN's scale code of a block from its dot products: EDEN's correction c = num / den (1
+// where den is not > 0), the target decoded * c rounded to the scale grid stochastically with
+// the block's Philox byte ``rand``; a non-finite target or block amax keeps ``code``.
+LOWPREC_HD uint32_t ms_eden_scale_code(float num, float den, float decoded, float block_amax, uint32_t code,
+                                       const Minifloat& scale, uint32_t rand) {
+  const float c = den > 0.0f ? num / den : 1.0f;
+  const float t = decoded * c;
+  if (!isfinite(t) || !isfinite(block_amax)) return code;
+  return grid_to_code(round_to_grid(t, scale, kStochastic, rand), scale, false);
+}
+
 // Four Over Six for one block (x[0..n) in block order, amax, the code mapping amax to the
 // element max and its s_eff): replaces them by the code mapping amax to 4 and its s_eff where
 // that has the lower round-to-nearest error; ties and non-finite amaxes keep them.
