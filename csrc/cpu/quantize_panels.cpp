@@ -66,11 +66,16 @@ struct Scratch {
   // MS-EDEN: the corrected s_eff of each group and per column (x_hat = v * s_out); the Philox
   // window of 16 counters (256 bytes) the last block byte came from
   std::vector<float> s_out, group_s_out;
+  // Four Over Six: each group's amax -> 4 scale (code, s_eff), and the error trees of 16 groups
+  // side by side (cols: lane l = group q0 + l)
+  std::vector<int32_t> group_code4;
+  std::vector<float> group_s4, lane_work;
   int64_t eden_counter = -1;
   uint8_t eden_bytes[256];
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), group_true_amax(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld) {}
+        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld),
+        group_code4(g.ld), group_s4(g.ld), lane_work(2 * pow2_at_least(g.bm) * 16) {}
   static int64_t pow2_at_least(int64_t n) {
     int64_t w = 1;
     while (w < n) w *= 2;
@@ -180,13 +185,6 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
   for (; q < n_groups; ++q) gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
 }
 
-// Four Over Six over the panel's column groups (formats.h, four_over_six): each block's
-// elements gathered in the reference's block order (rows: along the row; cols: down the
-// column; tiles: row-major in the tile; padding is zero), its scale code and s_eff replaced
-// where the amax -> 4 scale has the lower round-to-nearest error.
-// The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
-// elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
-// per-element errors are stored in block order, then summed by the same pairwise tree.
 // The first four levels of the pairwise tree of 16 consecutive values: their sum in the tree's order.
 LOWPREC_INLINE float pairwise_sum16(vf e) {
   static_assert(W == 16, "the tree below is written for 16 lanes");
@@ -199,6 +197,9 @@ LOWPREC_INLINE float pairwise_sum16(vf e) {
   return t[0] + t[1];
 }
 
+// The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
+// elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
+// per-element errors are stored in block order, then summed by the same pairwise tree.
 LOWPREC_INLINE float group_rtn_error(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work) {
   const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;   // n: 16-element chunks, in block order
   const vf sv = splat(s), inv = splat(element_multiplier(s));
@@ -222,23 +223,94 @@ LOWPREC_INLINE float group_rtn_error(const QuantJob& j, const Scratch& sc, int64
   return work[0];
 }
 
+// The amax -> 4 scale of every group (Four Over Six's alternative; formats.h, scale_code with
+// target 4): code in group_code4, s_eff in group_s4, 16 groups at a time through the scale
+// encoder as block_scales does for the amax -> 6 one. Lanes with a non-finite amax are not
+// read (Four Over Six keeps their scales).
+LOWPREC_INLINE void alternative_scales(const QuantJob& j, Scratch& sc, int64_t n_groups) {
+  const ElementCoder scoder(j.fmt.scale);
+  const float* gamax = sc.group_amax.data();
+  const bool reciprocal = j.fmt.division == kReciprocal;
+  int64_t q = 0;
+  for (; q + W <= n_groups; q += W) {
+    const vf amax = load(gamax + q);
+    const vf hp = reciprocal ? amax * (j.s_enc * (1.0f / kFourOverSixAlt)) : (amax / kFourOverSixAlt) * j.s_enc;
+    vf value;
+    const vi code = j.fmt.scale_rounding == kUp ? encode<kUp>(hp, scoder, splat_i(0), &value)
+                                                : encode<kNearest>(hp, scoder, splat_i(0), &value);
+    store(sc.group_s4.data() + q, reciprocal ? value * (1.0f / j.s_enc) : value / j.s_enc);
+    memcpy(sc.group_code4.data() + q, &code, sizeof code);
+  }
+  for (; q < n_groups; ++q) {
+    if (!std::isfinite(gamax[q])) continue;
+    const uint32_t code4 = scale_code(gamax[q], j.fmt, j.s_enc, kFourOverSixAlt);
+    sc.group_code4[q] = static_cast<int32_t>(code4);
+    sc.group_s4[q] = effective_scale(j.scale_table[code4], j.fmt, j.s_enc);
+  }
+}
+
+// The round-to-nearest errors of 16 column groups side by side (cols mode: group q0 + l is
+// column q0 + l, its block the panel's bm rows) under the lane scales s: per row the element
+// errors of the 16 groups, then the pairwise tree over the rows, zero-padded to a power of two
+// (formats.h, rtn_block_error, lane by lane). ``work`` holds that power of two vectors.
+LOWPREC_INLINE vf lane_rtn_errors(const QuantJob& j, const Scratch& sc, int64_t q0, vf s, float* work) {
+  const int64_t bm = j.g.bm;
+  int64_t width = 1;
+  while (width < bm) width *= 2;
+  vf inv = splat(1.0f) / s;
+  inv = (inv > splat(kFp32Max)) ? splat(kFp32Max) : inv;     // element_multiplier, lane by lane
+  const bool reciprocal = j.fmt.division == kReciprocal, mse = j.fmt.four_over_six == kFourOverSixMse;
+  for (int64_t i = 0; i < bm; ++i) {
+    const vf x = load(sc.rows[i] + q0);
+    vf xs = reciprocal ? x * inv : x / s;
+    xs = (s == 0.0f) ? splat(0.0f) : xs;
+    vf v;
+    encode<kNearest>(xs, j.coder, splat_i(0), &v);
+    const vf d = x - v * s;
+    store(work + i * W, mse ? d * d : abs(d));
+  }
+  for (int64_t i = bm; i < width; ++i) store(work + i * W, splat(0.0f));
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) store(work + t * W, load(work + 2 * t * W) + load(work + (2 * t + 1) * W));
+  return load(work);
+}
+
+// Four Over Six over the panel's column groups (formats.h, four_over_six): each block's scale
+// code and s_eff replaced where the amax -> 4 scale has the lower round-to-nearest error, its
+// elements taken in the reference's block order (rows: along the row; cols: down the column;
+// tiles: row-major in the tile; padding is zero). Cols panels compare 16 groups at a time
+// (lane_rtn_errors), groups of whole vectors one at a time (group_rtn_error), the rest
+// element by element (formats.h).
 LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t n_groups,
                                          std::pair<int64_t, int64_t> slot) {
   const int64_t bm = j.g.bm, gw = j.g.gw;
   float* blk = sc.block.data();
   float* work = sc.work.data();
-  for (int64_t q = 0; q < n_groups; ++q) {
+  alternative_scales(j, sc, n_groups);
+  int64_t q0 = 0;
+  if (gw == 1) {                           // cols: 16 groups at a time, one per lane
+    for (; q0 + W <= n_groups; q0 += W) {
+      const vf e6 = lane_rtn_errors(j, sc, q0, load(sc.group_s.data() + q0), sc.lane_work.data());
+      const vf e4 = lane_rtn_errors(j, sc, q0, load(sc.group_s4.data() + q0), sc.lane_work.data());
+      for (int l = 0; l < W; ++l) {
+        const int64_t q = q0 + l;
+        if (std::isfinite(sc.group_amax[q]) && e4[l] < e6[l]) {
+          sc.group_s[q] = sc.group_s4[q];
+          if (j.scale_codes) j.scale_codes[slot.first + q * slot.second] = static_cast<uint8_t>(sc.group_code4[q]);
+        }
+      }
+    }
+  }
+  for (int64_t q = q0; q < n_groups; ++q) {
     const int64_t at = slot.first + q * slot.second;
     const float amax = sc.group_amax[q];
     if (gw % W == 0) {                     // vector form, same arithmetic as four_over_six
       if (!std::isfinite(amax)) continue;
-      const uint32_t code4 = scale_code(amax, j.fmt, j.s_enc, kFourOverSixAlt);
-      const float s4 = effective_scale(j.scale_table[code4], j.fmt, j.s_enc);
       const float e6 = group_rtn_error(j, sc, q, sc.group_s[q], work);
-      const float e4 = group_rtn_error(j, sc, q, s4, work);
+      const float e4 = group_rtn_error(j, sc, q, sc.group_s4[q], work);
       if (e4 < e6) {
-        sc.group_s[q] = s4;
-        if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code4);
+        sc.group_s[q] = sc.group_s4[q];
+        if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(sc.group_code4[q]);
       }
       continue;
     }
