@@ -66,6 +66,8 @@ struct Scratch {
   // MS-EDEN: the corrected s_eff of each group and per column (x_hat = v * s_out); the Philox
   // window of 16 counters (256 bytes) the last block byte came from
   std::vector<float> s_out, group_s_out;
+  std::vector<int32_t> group_code;           // each group's amax scale code (block_scales records it)
+  std::vector<float> group_num, group_den;   // its dot products <x, x>, <x, v s_eff>
   // Four Over Six: each group's amax -> 4 scale (code, s_eff), and the error trees of 16 groups
   // side by side (cols: lane l = group q0 + l)
   std::vector<int32_t> group_code4;
@@ -74,7 +76,7 @@ struct Scratch {
   uint8_t eden_bytes[256];
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), group_true_amax(g.ld), rows(g.bm), codes(g.bm * g.ld),
-        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld),
+        rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld), group_code(g.ld), group_num(g.ld), group_den(g.ld),
         group_code4(g.ld), group_s4(g.ld), lane_work(2 * pow2_at_least(g.bm) * 16) {}
   static int64_t pow2_at_least(int64_t n) {
     int64_t w = 1;
@@ -176,13 +178,18 @@ LOWPREC_INLINE void block_scales(const QuantJob& j, Scratch& sc, int64_t n_group
       scalar = (abs_bits(amax) >= 0x7F800000);   // Inf or NaN
     }
     store(gs + q, j.fmt.division == kReciprocal ? value * (1.0f / j.s_enc) : value / j.s_enc);
+    if (j.ms_eden) memcpy(sc.group_code.data() + q, &code, sizeof code);
     for (int l = 0; l < W; ++l) {
       const int64_t at = slot.first + (q + l) * slot.second;
       if (scalar[l]) gs[q + l] = block_scale(j, gamax[q + l], at);
       else if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(code[l]);
+      if (scalar[l] && j.ms_eden) sc.group_code[q + l] = static_cast<int32_t>(scale_code(gamax[q + l], j.fmt, j.s_enc));
     }
   }
-  for (; q < n_groups; ++q) gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
+  for (; q < n_groups; ++q) {
+    gs[q] = block_scale(j, gamax[q], slot.first + q * slot.second);
+    if (j.ms_eden) sc.group_code[q] = static_cast<int32_t>(scale_code(gamax[q], j.fmt, j.s_enc));
+  }
 }
 
 // The first four levels of the pairwise tree of 16 consecutive values: their sum in the tree's order.
@@ -411,30 +418,96 @@ LOWPREC_INLINE void group_eden_sums(const QuantJob& j, const Scratch& sc, int64_
   *den = work_den[0];
 }
 
+// MS-EDEN's dot products of 16 column groups side by side (cols mode: group q0 + l is column
+// q0 + l, its block the panel's bm rows), per row for the 16 groups, then the pairwise trees
+// over the rows, zero-padded to a power of two (formats.h, ms_eden_block_sums, lane by lane).
+LOWPREC_INLINE void lane_eden_sums(const QuantJob& j, Scratch& sc, int64_t q0) {
+  const int64_t bm = j.g.bm;
+  int64_t width = 1;
+  while (width < bm) width *= 2;
+  float* wn = sc.lane_work.data();
+  float* wd = wn + width * W;
+  const vf s = load(sc.group_s.data() + q0);
+  vf inv = splat(1.0f) / s;
+  inv = (inv > splat(kFp32Max)) ? splat(kFp32Max) : inv;     // element_multiplier, lane by lane
+  const bool reciprocal = j.fmt.division == kReciprocal;
+  for (int64_t i = 0; i < bm; ++i) {
+    const vf x = load(sc.rows[i] + q0);
+    vf xs = reciprocal ? x * inv : x / s;
+    xs = (s == 0.0f) ? splat(0.0f) : xs;
+    vf v;
+    encode<kNearest>(xs, j.coder, splat_i(0), &v);
+    store(wn + i * W, x * x);
+    store(wd + i * W, x * (v * s));
+  }
+  for (int64_t i = bm; i < width; ++i) {
+    store(wn + i * W, splat(0.0f));
+    store(wd + i * W, splat(0.0f));
+  }
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) {
+      store(wn + t * W, load(wn + 2 * t * W) + load(wn + (2 * t + 1) * W));
+      store(wd + t * W, load(wd + 2 * t * W) + load(wd + (2 * t + 1) * W));
+    }
+  store(sc.group_num.data() + q0, load(wn));
+  store(sc.group_den.data() + q0, load(wd));
+}
+
 // MS-EDEN over the panel's column groups: each block's scale code (that of its amax, as
-// block_scales chose it) corrected by EDEN's factor and rounded stochastically with the Philox
-// byte of its flat index in the stored scales (formats.h, ms_eden_scale_code). The elements
-// keep the codes of the original scale (group_s); group_s_out gets the corrected s_eff.
+// block_scales chose it) corrected by EDEN's factor and rounded stochastically onto the scale
+// grid with the Philox byte of its flat index in the stored scales (formats.h,
+// ms_eden_scale_code; here 16 groups at a time through the scale encoder, whose stochastic
+// rounding is the same). The elements keep the codes of the original scale (group_s);
+// group_s_out gets the corrected s_eff. Blocks with a NaN or Inf keep their scale.
 LOWPREC_INLINE void ms_eden_groups(const QuantJob& j, Scratch& sc, int64_t n_groups, std::pair<int64_t, int64_t> slot) {
   const int64_t bm = j.g.bm, gw = j.g.gw;
   float* blk = sc.block.data();
   float* work = sc.work.data();
-  for (int64_t q = 0; q < n_groups; ++q) {
-    const int64_t at = slot.first + q * slot.second;
-    const float amax = sc.group_amax[q], s = sc.group_s[q];
-    sc.group_s_out[q] = s;
-    if (!std::isfinite(amax)) continue;                    // NaN / Inf blocks keep their code
-    const uint32_t code = j.scale_codes ? j.scale_codes[at] : scale_code(amax, j.fmt, j.s_enc);
-    float num, den;
+  int64_t q = 0;
+  if (gw == 1)
+    for (; q + W <= n_groups; q += W) lane_eden_sums(j, sc, q);
+  for (; q < n_groups; ++q) {
+    if (!std::isfinite(sc.group_amax[q])) continue;
     if (gw % W == 0) {
-      group_eden_sums(j, sc, q, s, work, &num, &den);
+      group_eden_sums(j, sc, q, sc.group_s[q], work, &sc.group_num[q], &sc.group_den[q]);
     } else {
       for (int64_t i = 0; i < bm; ++i)
         for (int64_t k = 0; k < gw; ++k) blk[i * gw + k] = sc.rows[i][q * gw + k];
-      ms_eden_block_sums(blk, bm * gw, s, j.fmt, work, &num, &den);
+      ms_eden_block_sums(blk, bm * gw, sc.group_s[q], j.fmt, work, &sc.group_num[q], &sc.group_den[q]);
     }
-    const uint32_t fixed = ms_eden_scale_code(num, den, j.scale_table[code], amax, code, j.fmt.scale,
-                                              stream_byte(j, sc, at));
+  }
+  const ElementCoder scoder(j.fmt.scale);
+  const bool reciprocal = j.fmt.division == kReciprocal;
+  q = 0;
+  for (; q + W <= n_groups; q += W) {
+    const vf amax = load(sc.group_amax.data() + q), num = load(sc.group_num.data() + q);
+    const vf den = load(sc.group_den.data() + q);
+    vi code, rand;
+    memcpy(&code, sc.group_code.data() + q, sizeof code);
+    vf dec;
+    for (int l = 0; l < W; ++l) {
+      dec[l] = j.scale_table[code[l]];
+      rand[l] = static_cast<int32_t>(stream_byte(j, sc, slot.first + (q + l) * slot.second));
+    }
+    const vf c = (den > 0.0f) ? num / ((den > 0.0f) ? den : splat(1.0f)) : splat(1.0f);
+    const vf t = dec * c;
+    const vi keep = (abs_bits(t) >= 0x7F800000) | (abs_bits(amax) >= 0x7F800000);
+    vf value;
+    vi fixed = encode<kStochastic>((keep != 0) ? splat(0.0f) : t, scoder, rand, &value);
+    fixed = keep ? code : fixed;
+    const vf s_new = reciprocal ? value * (1.0f / j.s_enc) : value / j.s_enc;
+    store(sc.group_s_out.data() + q, keep ? load(sc.group_s.data() + q) : s_new);
+    if (j.scale_codes)
+      for (int l = 0; l < W; ++l) j.scale_codes[slot.first + (q + l) * slot.second] = static_cast<uint8_t>(fixed[l]);
+  }
+  for (; q < n_groups; ++q) {
+    const int64_t at = slot.first + q * slot.second;
+    const float amax = sc.group_amax[q];
+    sc.group_s_out[q] = sc.group_s[q];
+    if (!std::isfinite(amax)) continue;
+    const uint32_t code = static_cast<uint32_t>(sc.group_code[q]);
+    const uint32_t fixed = ms_eden_scale_code(sc.group_num[q], sc.group_den[q], j.scale_table[code], amax, code,
+                                              j.fmt.scale, stream_byte(j, sc, at));
     if (j.scale_codes) j.scale_codes[at] = static_cast<uint8_t>(fixed);
     sc.group_s_out[q] = effective_scale(j.scale_table[fixed], j.fmt, j.s_enc);
   }
