@@ -204,30 +204,59 @@ LOWPREC_INLINE float pairwise_sum16(vf e) {
   return t[0] + t[1];
 }
 
-// The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
-// elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
-// per-element errors are stored in block order, then summed by the same pairwise tree.
-LOWPREC_INLINE float group_rtn_error(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work) {
-  const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;   // n: 16-element chunks, in block order
-  const vf sv = splat(s), inv = splat(element_multiplier(s));
-  const bool reciprocal = j.fmt.division == kReciprocal, mse = j.fmt.four_over_six == kFourOverSixMse;
-  for (int64_t i = 0; i < bm; ++i) {
-    for (int64_t k = 0; k < gw; k += W) {
-      const vf x = load(sc.rows[i] + q * gw + k);
-      vf xs = reciprocal ? x * inv : x / sv;
-      xs = (sv == 0.0f) ? splat(0.0f) : xs;
-      vf v;
-      encode<kNearest>(xs, j.coder, splat_i(0), &v);
-      const vf d = x - v * sv;
-      work[(i * gw + k) / W] = pairwise_sum16(mse ? d * d : abs(d));
-    }
-  }
+// The round-to-nearest grid values of x / s, 16 lanes (the values code_row codes): x * inv
+// with reciprocal division (inv = element_multiplier(s)), else x / s; 0 where s is 0.
+LOWPREC_INLINE vf rtn_values(const QuantJob& j, vf x, vf s, vf inv) {
+  vf xs = j.fmt.division == kReciprocal ? x * inv : x / s;
+  xs = (s == 0.0f) ? splat(0.0f) : xs;
+  vf v;
+  encode<kNearest>(xs, j.coder, splat_i(0), &v);
+  return v;
+}
+
+// element_multiplier lane by lane: min(fp32(1 / s), fp32 max).
+LOWPREC_INLINE vf lane_multiplier(vf s) {
+  const vf inv = splat(1.0f) / s;
+  return (inv > splat(kFp32Max)) ? splat(kFp32Max) : inv;
+}
+
+// The rest of the pairwise tree over n partial sums in work (zero-padded to a power of two;
+// work holds that many floats): their sum.
+LOWPREC_INLINE float tree_sum(float* work, int64_t n) {
   int64_t width = 1;
   while (width < n) width *= 2;
   for (int64_t t = n; t < width; ++t) work[t] = 0.0f;
   for (; width > 1; width /= 2)
     for (int64_t t = 0; t < width / 2; ++t) work[t] = work[2 * t] + work[2 * t + 1];
   return work[0];
+}
+
+// The pairwise tree over n vectors in work (16 trees side by side, zero-padded to a power of
+// two vectors; work holds that many): the 16 sums.
+LOWPREC_INLINE vf lane_tree_sum(float* work, int64_t n) {
+  int64_t width = 1;
+  while (width < n) width *= 2;
+  for (int64_t i = n; i < width; ++i) store(work + i * W, splat(0.0f));
+  for (; width > 1; width /= 2)
+    for (int64_t t = 0; t < width / 2; ++t) store(work + t * W, load(work + 2 * t * W) + load(work + (2 * t + 1) * W));
+  return load(work);
+}
+
+// The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
+// elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
+// per-element errors are stored in block order, then summed by the same pairwise tree.
+LOWPREC_INLINE float group_rtn_error(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work) {
+  const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;   // n: 16-element chunks, in block order
+  const vf sv = splat(s), inv = splat(element_multiplier(s));
+  const bool mse = j.fmt.four_over_six == kFourOverSixMse;
+  for (int64_t i = 0; i < bm; ++i) {
+    for (int64_t k = 0; k < gw; k += W) {
+      const vf x = load(sc.rows[i] + q * gw + k);
+      const vf d = x - rtn_values(j, x, sv, inv) * sv;
+      work[(i * gw + k) / W] = pairwise_sum16(mse ? d * d : abs(d));
+    }
+  }
+  return tree_sum(work, n);
 }
 
 // The amax -> 4 scale of every group (Four Over Six's alternative; formats.h, scale_code with
@@ -261,25 +290,14 @@ LOWPREC_INLINE void alternative_scales(const QuantJob& j, Scratch& sc, int64_t n
 // errors of the 16 groups, then the pairwise tree over the rows, zero-padded to a power of two
 // (formats.h, rtn_block_error, lane by lane). ``work`` holds that power of two vectors.
 LOWPREC_INLINE vf lane_rtn_errors(const QuantJob& j, const Scratch& sc, int64_t q0, vf s, float* work) {
-  const int64_t bm = j.g.bm;
-  int64_t width = 1;
-  while (width < bm) width *= 2;
-  vf inv = splat(1.0f) / s;
-  inv = (inv > splat(kFp32Max)) ? splat(kFp32Max) : inv;     // element_multiplier, lane by lane
-  const bool reciprocal = j.fmt.division == kReciprocal, mse = j.fmt.four_over_six == kFourOverSixMse;
-  for (int64_t i = 0; i < bm; ++i) {
+  const vf inv = lane_multiplier(s);
+  const bool mse = j.fmt.four_over_six == kFourOverSixMse;
+  for (int64_t i = 0; i < j.g.bm; ++i) {
     const vf x = load(sc.rows[i] + q0);
-    vf xs = reciprocal ? x * inv : x / s;
-    xs = (s == 0.0f) ? splat(0.0f) : xs;
-    vf v;
-    encode<kNearest>(xs, j.coder, splat_i(0), &v);
-    const vf d = x - v * s;
+    const vf d = x - rtn_values(j, x, s, inv) * s;
     store(work + i * W, mse ? d * d : abs(d));
   }
-  for (int64_t i = bm; i < width; ++i) store(work + i * W, splat(0.0f));
-  for (; width > 1; width /= 2)
-    for (int64_t t = 0; t < width / 2; ++t) store(work + t * W, load(work + 2 * t * W) + load(work + (2 * t + 1) * W));
-  return load(work);
+  return lane_tree_sum(work, j.g.bm);
 }
 
 // Four Over Six over the panel's column groups (formats.h, four_over_six): each block's scale
@@ -349,12 +367,7 @@ LOWPREC_INLINE float group_gaussian_statistic(const QuantJob& j, const Scratch& 
       work[(i * gw + k) / W] = pairwise_sum16(y * y);
     }
   }
-  int64_t width = 1;
-  while (width < n) width *= 2;
-  for (int64_t t = n; t < width; ++t) work[t] = 0.0f;
-  for (; width > 1; width /= 2)
-    for (int64_t t = 0; t < width / 2; ++t) work[t] = work[2 * t] + work[2 * t + 1];
-  const float c = (j.fmt.gaussian_kappa * std::sqrt(work[0] / static_cast<float>(bm * gw))) * amax;
+  const float c = (j.fmt.gaussian_kappa * std::sqrt(tree_sum(work, n) / static_cast<float>(bm * gw))) * amax;
   return c > kFp32Max ? kFp32Max : c;
 }
 
@@ -392,30 +405,17 @@ LOWPREC_INLINE uint32_t stream_byte(const QuantJob& j, Scratch& sc, int64_t at) 
 LOWPREC_INLINE void group_eden_sums(const QuantJob& j, const Scratch& sc, int64_t q, float s, float* work,
                                     float* num, float* den) {
   const int64_t bm = j.g.bm, gw = j.g.gw, n = bm * gw / W;
-  int64_t width = 1;
-  while (width < n) width *= 2;
-  float* work_den = work + width;
+  float* work_den = work + Scratch::pow2_at_least(n);
   const vf sv = splat(s), inv = splat(element_multiplier(s));
-  const bool reciprocal = j.fmt.division == kReciprocal;
   for (int64_t i = 0; i < bm; ++i) {
     for (int64_t k = 0; k < gw; k += W) {
       const vf x = load(sc.rows[i] + q * gw + k);
-      vf xs = reciprocal ? x * inv : x / sv;
-      xs = (sv == 0.0f) ? splat(0.0f) : xs;
-      vf v;
-      encode<kNearest>(xs, j.coder, splat_i(0), &v);
       work[(i * gw + k) / W] = pairwise_sum16(x * x);
-      work_den[(i * gw + k) / W] = pairwise_sum16(x * (v * sv));
+      work_den[(i * gw + k) / W] = pairwise_sum16(x * (rtn_values(j, x, sv, inv) * sv));
     }
   }
-  for (int64_t t = n; t < width; ++t) work[t] = work_den[t] = 0.0f;
-  for (; width > 1; width /= 2)
-    for (int64_t t = 0; t < width / 2; ++t) {
-      work[t] = work[2 * t] + work[2 * t + 1];
-      work_den[t] = work_den[2 * t] + work_den[2 * t + 1];
-    }
-  *num = work[0];
-  *den = work_den[0];
+  *num = tree_sum(work, n);
+  *den = tree_sum(work_den, n);
 }
 
 // MS-EDEN's dot products of 16 column groups side by side (cols mode: group q0 + l is column
@@ -423,34 +423,16 @@ LOWPREC_INLINE void group_eden_sums(const QuantJob& j, const Scratch& sc, int64_
 // over the rows, zero-padded to a power of two (formats.h, ms_eden_block_sums, lane by lane).
 LOWPREC_INLINE void lane_eden_sums(const QuantJob& j, Scratch& sc, int64_t q0) {
   const int64_t bm = j.g.bm;
-  int64_t width = 1;
-  while (width < bm) width *= 2;
   float* wn = sc.lane_work.data();
-  float* wd = wn + width * W;
-  const vf s = load(sc.group_s.data() + q0);
-  vf inv = splat(1.0f) / s;
-  inv = (inv > splat(kFp32Max)) ? splat(kFp32Max) : inv;     // element_multiplier, lane by lane
-  const bool reciprocal = j.fmt.division == kReciprocal;
+  float* wd = wn + Scratch::pow2_at_least(bm) * W;
+  const vf s = load(sc.group_s.data() + q0), inv = lane_multiplier(s);
   for (int64_t i = 0; i < bm; ++i) {
     const vf x = load(sc.rows[i] + q0);
-    vf xs = reciprocal ? x * inv : x / s;
-    xs = (s == 0.0f) ? splat(0.0f) : xs;
-    vf v;
-    encode<kNearest>(xs, j.coder, splat_i(0), &v);
     store(wn + i * W, x * x);
-    store(wd + i * W, x * (v * s));
+    store(wd + i * W, x * (rtn_values(j, x, s, inv) * s));
   }
-  for (int64_t i = bm; i < width; ++i) {
-    store(wn + i * W, splat(0.0f));
-    store(wd + i * W, splat(0.0f));
-  }
-  for (; width > 1; width /= 2)
-    for (int64_t t = 0; t < width / 2; ++t) {
-      store(wn + t * W, load(wn + 2 * t * W) + load(wn + (2 * t + 1) * W));
-      store(wd + t * W, load(wd + 2 * t * W) + load(wd + (2 * t + 1) * W));
-    }
-  store(sc.group_num.data() + q0, load(wn));
-  store(sc.group_den.data() + q0, load(wd));
+  store(sc.group_num.data() + q0, lane_tree_sum(wn, bm));
+  store(sc.group_den.data() + q0, lane_tree_sum(wd, bm));
 }
 
 // MS-EDEN over the panel's column groups: each block's scale code (that of its amax, as
