@@ -208,6 +208,16 @@ def test_opcheck_cpp_ops():
                 codes, scales, s_enc = torch.ops.lowprec.quantize_panels(*args, packed)
                 deq = (codes, scales, table, fmt.element.table(), s_enc, [2, 24, 32, mode, bs], packed)
                 torch.library.opcheck(torch.ops.lowprec.dequantize_panels.default, deq)
+    from lowprec._backends.panels import MS_EDEN_ROUNDING         # MS-EDEN in the same kernels
+    ints, floats = format_params(F.NVFP4)
+    for mode, bs in ((0, 16), (1, 16), (2, 16)):
+        args = (x, F.NVFP4.scale.table(), ints, floats, [mode, bs], None, MS_EDEN_ROUNDING, 5, 7)
+        torch.library.opcheck(torch.ops.lowprec.quantize_panels.default, args + (True,))
+        torch.library.opcheck(torch.ops.lowprec.fake_quantize_panels.default, args + (True,))
+    ints, floats = format_params(F.MXFP4)
+    with pytest.raises(RuntimeError, match="MS-EDEN takes E2M1 elements with minifloat amax scales"):
+        torch.ops.lowprec.quantize_panels(x, F.MXFP4.scale.table(), ints, floats, [0, 32], None, MS_EDEN_ROUNDING,
+                                          5, 7, True)
     torch.library.opcheck(torch.ops.lowprec.random_bytes.default, (1, 2, 100, torch.device("cpu")))
     signs = 1.0 - 2.0 * (torch.arange(16) % 3 == 0).float()
     for mode in (0, 1):
