@@ -77,7 +77,7 @@ struct Scratch {
   explicit Scratch(const PanelGeometry& g)
       : x(g.bm * g.ld), s(g.ld), inv_s(g.ld), amax(g.ld), out(g.ld), colmax(g.ld), group_amax(g.ld), group_s(g.ld), group_inv(g.ld), group_true_amax(g.ld), rows(g.bm), codes(g.bm * g.ld),
         rand(g.bm * g.ld + 16 + 256 + kLoadBytesReach), block(g.bm * g.gw), work(2 * pow2_at_least(g.bm * g.gw)), s_out(g.ld), group_s_out(g.ld), group_code(g.ld), group_num(g.ld), group_den(g.ld),
-        group_code4(g.ld), group_s4(g.ld), lane_work(2 * pow2_at_least(g.bm) * 16) {}
+        group_code4(g.ld), group_s4(g.ld), lane_work(2 * pow2_at_least(std::max<int64_t>(g.bm, g.bm * g.gw / 16)) * 16) {}
   static int64_t pow2_at_least(int64_t n) {
     int64_t w = 1;
     while (w < n) w *= 2;
@@ -242,6 +242,42 @@ LOWPREC_INLINE vf lane_tree_sum(float* work, int64_t n) {
   return load(work);
 }
 
+// Pairwise sums of 16 vectors at once: lane l of the result is pairwise_sum16(e[l]), the same
+// additions in the same order, done on 16 vectors side by side (each level adds the even and
+// odd entries of two vectors, halving their number).
+LOWPREC_INLINE vf pairwise_sums16(const vf* e) {
+  vf a[8], b[4], c[2];
+  for (int k = 0; k < 8; ++k)
+    a[k] = __builtin_shufflevector(e[2 * k], e[2 * k + 1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(e[2 * k], e[2 * k + 1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int k = 0; k < 4; ++k)
+    b[k] = __builtin_shufflevector(a[2 * k], a[2 * k + 1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(a[2 * k], a[2 * k + 1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int k = 0; k < 2; ++k)
+    c[k] = __builtin_shufflevector(b[2 * k], b[2 * k + 1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(b[2 * k], b[2 * k + 1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// Block sums of the 16 groups q0 .. q0 + 15 of whole vectors (rows and tiles of 16 or more),
+// lane l for group q0 + l: term(x, l) gives the terms of one 16-element chunk of the group's
+// block, the chunks in block order; each chunk summed by pairwise_sums16, the chunks by the
+// rest of the tree (lane_tree_sum). The same sums group_rtn_error and group_eden_sums form one
+// group at a time.
+template <class Term>
+LOWPREC_INLINE vf lane_group_sums(const QuantJob& j, const Scratch& sc, int64_t q0, float* work, Term term) {
+  const int64_t bm = j.g.bm, gw = j.g.gw;
+  vf e[W];
+  for (int64_t i = 0; i < bm; ++i) {
+    for (int64_t k = 0; k < gw; k += W) {
+      for (int l = 0; l < W; ++l) e[l] = term(load(sc.rows[i] + (q0 + l) * gw + k), l);
+      store(work + (i * gw + k) / W * W, pairwise_sums16(e));
+    }
+  }
+  return lane_tree_sum(work, bm * gw / W);
+}
+
 // The round-to-nearest error of group q under s_eff (formats.h, rtn_block_error), with the
 // elements 16 lanes at a time (groups of whole vectors: rows and tiles of 16 or more): the
 // per-element errors are stored in block order, then summed by the same pairwise tree.
@@ -313,10 +349,28 @@ LOWPREC_INLINE void four_over_six_groups(const QuantJob& j, Scratch& sc, int64_t
   float* work = sc.work.data();
   alternative_scales(j, sc, n_groups);
   int64_t q0 = 0;
-  if (gw == 1) {                           // cols: 16 groups at a time, one per lane
+  if (gw == 1 || gw % W == 0) {            // 16 groups at a time, one per lane
+    const bool mse = j.fmt.four_over_six == kFourOverSixMse;
     for (; q0 + W <= n_groups; q0 += W) {
-      const vf e6 = lane_rtn_errors(j, sc, q0, load(sc.group_s.data() + q0), sc.lane_work.data());
-      const vf e4 = lane_rtn_errors(j, sc, q0, load(sc.group_s4.data() + q0), sc.lane_work.data());
+      vf e6, e4;
+      if (gw == 1) {                       // cols: the group's block runs down the rows
+        e6 = lane_rtn_errors(j, sc, q0, load(sc.group_s.data() + q0), sc.lane_work.data());
+        e4 = lane_rtn_errors(j, sc, q0, load(sc.group_s4.data() + q0), sc.lane_work.data());
+      } else {                             // rows, tiles: each group whole vectors
+        for (int pass = 0; pass < 2; ++pass) {
+          const float* sq = (pass == 0 ? sc.group_s : sc.group_s4).data() + q0;
+          vf sv[W], iv[W];
+          for (int l = 0; l < W; ++l) {
+            sv[l] = splat(sq[l]);
+            iv[l] = splat(element_multiplier(sq[l]));
+          }
+          const vf e = lane_group_sums(j, sc, q0, sc.lane_work.data(), [&](vf x, int l) {
+            const vf d = x - rtn_values(j, x, sv[l], iv[l]) * sv[l];
+            return mse ? d * d : abs(d);
+          });
+          (pass == 0 ? e6 : e4) = e;
+        }
+      }
       for (int l = 0; l < W; ++l) {
         const int64_t q = q0 + l;
         if (std::isfinite(sc.group_amax[q]) && e4[l] < e6[l]) {
@@ -446,8 +500,21 @@ LOWPREC_INLINE void ms_eden_groups(const QuantJob& j, Scratch& sc, int64_t n_gro
   float* blk = sc.block.data();
   float* work = sc.work.data();
   int64_t q = 0;
-  if (gw == 1)
+  if (gw == 1) {
     for (; q + W <= n_groups; q += W) lane_eden_sums(j, sc, q);
+  } else if (gw % W == 0) {               // rows, tiles: 16 groups of whole vectors at a time
+    for (; q + W <= n_groups; q += W) {
+      vf sv[W], iv[W];
+      for (int l = 0; l < W; ++l) {
+        sv[l] = splat(sc.group_s[q + l]);
+        iv[l] = splat(element_multiplier(sc.group_s[q + l]));
+      }
+      store(sc.group_num.data() + q, lane_group_sums(j, sc, q, sc.lane_work.data(), [&](vf x, int) { return x * x; }));
+      store(sc.group_den.data() + q, lane_group_sums(j, sc, q, sc.lane_work.data(), [&](vf x, int l) {
+        return x * (rtn_values(j, x, sv[l], iv[l]) * sv[l]);
+      }));
+    }
+  }
   for (; q < n_groups; ++q) {
     if (!std::isfinite(sc.group_amax[q])) continue;
     if (gw % W == 0) {
